@@ -1,0 +1,103 @@
+"""Crash-safe outputs and user-facing errors.
+
+Every artifact is written to a temporary sibling and renamed into place only when complete, so a
+failed or killed stage never leaves a half-written directory or file behind. Not a storage layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+class UserError(Exception):
+    """Bad input a user must fix; the message names the file, line or key."""
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes `path` only if the block finishes without error."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path}: output already exists (pass overwrite=true to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(old)
+    tmp.rename(path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w", **kwargs) -> Iterator:
+    """Open a temporary sibling of `path` for writing; rename it over `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    with atomic_file(path, encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+
+
+def require_file(path: str | Path, what: str = "file") -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found")
+    return path
+
+
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    from openhcx import __version__
+
+    head = Path(__file__).resolve().parent.parent / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            ref = (head.parent / ref[5:]).read_text().strip()
+        return f"{__version__}+g{ref[:12]}"
+    except OSError:
+        return __version__
+
+
+def write_manifest(directory: str | Path, stage: str, config: dict, inputs: dict, **results) -> dict:
+    """The small JSON every artifact carries: what made it, from which inputs, with which config."""
+    import datetime
+
+    manifest = {
+        "stage": stage,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "config": config,
+        "inputs": inputs,
+        **results,
+    }
+    write_json(Path(directory) / "manifest.json", manifest)
+    return manifest
