@@ -1,0 +1,113 @@
+"""The OpenHCX tokenizer: a HF `tokenizers` byte-level BPE plus Korean morpheme pre-segmentation.
+
+Two encode modes share one vocabulary:
+- exact: Korean is cut at morpheme boundaries (kiwipiepy) before BPE, exactly as in training, so no token
+  crosses a morpheme boundary;
+- portable: `tokenizer.json` alone, as any Hugging Face consumer will use it; no analyzer needed.
+Text never turns into special tokens here: specials are added by id (no injection from user data).
+Not a chat renderer: conversations become (ids, mask) in the data package.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from openhcx.io import UserError
+from openhcx.tokenizer.morphemes import segment, segment_many
+
+Mode = Literal["exact", "portable"]
+
+EOT, PAD, USER, ASSISTANT, ENDOFTURN = "<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|endofturn|>"
+FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"
+NUM_RESERVED = 32
+# Fixed ids 0..31: a later stage may rely on `<|user|>` being id 2 in every OpenHCX tokenizer.
+SPECIAL_TOKENS = [EOT, PAD, USER, ASSISTANT, ENDOFTURN, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX]
+SPECIAL_TOKENS += [f"<|reserved_{i}|>" for i in range(NUM_RESERVED - len(SPECIAL_TOKENS))]
+
+# GPT-4-style split: contractions, letters with one leading non-letter, digits in groups of three,
+# punctuation runs, newlines. Korean words are letters, so morpheme cuts do the finer work.
+SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# RECIPE §5: a Korean preamble opens every conversation; a system message replaces it.
+DEFAULT_PREAMBLE = (
+    "아래는 AI 언어 모델과 사용자 간의 대화입니다. AI 언어 모델은 사용자의 질문에 친절하고 정확하게 답변합니다."
+)
+CHAT_TEMPLATE = (
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+    "{% set rest = messages[1:] %}{% else %}" + DEFAULT_PREAMBLE + "{% set rest = messages %}{% endif %}\n"
+    "{% for m in rest %}{% if m['role'] == 'user' %}<|user|>{% elif m['role'] == 'assistant' %}<|assistant|>"
+    "{% else %}{{ raise_exception('unknown role: ' ~ m['role']) }}{% endif %}"
+    "{{ m['content'] }}<|endofturn|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@dataclass
+class Tokenizer:
+    hf: HFTokenizer
+    morpheme_aware: bool = True
+
+    def __post_init__(self):
+        self.hf.encode_special_tokens = True  # special strings in text stay text
+        self.hf.no_padding()
+        self.hf.no_truncation()
+        ids = [self.hf.token_to_id(t) for t in SPECIAL_TOKENS]
+        if ids != list(range(NUM_RESERVED)):
+            raise UserError(f"not an OpenHCX tokenizer: special tokens are not at ids 0..{NUM_RESERVED - 1}")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Tokenizer":
+        directory = Path(directory)
+        path = directory / "tokenizer.json"
+        if not path.is_file():
+            raise UserError(f"{path}: tokenizer.json not found")
+        try:
+            hf = HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+            raise UserError(f"{path}: not a valid tokenizer.json ({e})") from e
+        manifest = directory / "manifest.json"
+        aware = json.loads(manifest.read_text())["morpheme_aware"] if manifest.is_file() else False
+        return cls(hf, morpheme_aware=aware)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def id(self, token: str) -> int:
+        return SPECIAL_TOKENS.index(token)
+
+    def encode(self, text: str, mode: Mode = "exact") -> list[int]:
+        return self.encode_batch([text], mode)[0]
+
+    def encode_batch(self, texts: Iterable[str], mode: Mode = "exact", workers: int = 1) -> list[list[int]]:
+        texts = list(texts)
+        try:
+            if mode == "portable" or not self.morpheme_aware:
+                encs = self.hf.encode_batch(texts, add_special_tokens=False)
+            elif mode == "exact":
+                pieces = segment_many(texts, workers) if workers > 1 else map(segment, texts)
+                return [self.encode_pieces(p) for p in pieces]
+            else:
+                raise UserError(f"unknown encode mode {mode!r} (exact or portable)")
+        except UnicodeEncodeError as e:
+            raise UserError(f"text is not valid Unicode: lone surrogate at offset {e.start}") from e
+        return [e.ids for e in encs]
+
+    def encode_pieces(self, pieces: list[str]) -> list[int]:
+        """Encode text already cut at morpheme boundaries; BPE runs inside each piece only."""
+        # An empty piece list is not a valid pretokenized input; "" encodes to nothing anyway.
+        return self.hf.encode(pieces or [""], is_pretokenized=True, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=False)
+
+    def token_bytes(self, ids: list[int]) -> list[int]:
+        """Bytes each token stands for: byte-level tokens map one symbol to one byte."""
+        return [len(t.encode()) if i < NUM_RESERVED else len(t) for i, t in zip(ids, map(self.hf.id_to_token, ids))]
