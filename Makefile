@@ -29,7 +29,7 @@ $(REFS)/.done: | $(BIN)/activate
 install: $(VENV)/.installed $(REFS)/.done
 
 demo: install
-	$(BIN)/python -m openhcx.demo
+	$(BIN)/openhcx run --recipe recipes/tiny.yaml --out runs/demo
 
 test: install
 	$(BIN)/python -m pytest -q

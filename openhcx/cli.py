@@ -15,10 +15,12 @@ from openhcx.io import UserError
 
 def commands() -> dict:
     from openhcx.data.corpus import build_corpus
+    from openhcx.recipe import run
     from openhcx.tokenizer.report import tokenizer_report
     from openhcx.tokenizer.train import train_tokenizer
 
     return {
+        "run": run,
         "corpus": {"build": build_corpus},
         "tokenizer": {"train": train_tokenizer, "report": tokenizer_report},
     }

@@ -1,0 +1,52 @@
+"""Shared fixtures: paths to the shared data, and one small tokenizer trained per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("OPENHCX_SHARED", ROOT.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under the shared data folder, or a skip that says why it is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (set OPENHCX_SHARED to the shared data folder)")
+    return path
+
+
+def petitions(n: int, skip: int = 0) -> list[str]:
+    """Real Korean prose (Blue House petitions, CC0) from the shared corpora."""
+    path = shared_path("corpora", "korean-petitions", "petitions_2019-04")
+    with path.open(encoding="utf-8") as f:
+        docs = [json.loads(line)["content"] for line in f]
+    return docs[skip : skip + n]
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    """A cleaned corpus built from a slice of the committed demo data."""
+    from openhcx.data.corpus import Source, build_corpus
+
+    src = tmp_path_factory.mktemp("demo-src")
+    import gzip
+
+    for label in ("ko", "en", "code"):
+        with gzip.open(ROOT / "data/demo/corpus" / f"{label}.jsonl.gz", "rt", encoding="utf-8") as f:
+            lines = [line for _, line in zip(range(400 if label == "ko" else 150), f)]
+        (src / f"{label}.jsonl").write_text("".join(lines), encoding="utf-8")
+    out = tmp_path_factory.mktemp("corpus") / "corpus"
+    build_corpus([Source(str(src / f"{l}.jsonl"), l) for l in ("ko", "en", "code")], str(out), heldout_fraction=0.1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_corpus, tmp_path_factory) -> Path:
+    from openhcx.tokenizer.train import train_tokenizer
+
+    return train_tokenizer(str(demo_corpus), str(tmp_path_factory.mktemp("tok") / "tok"), vocab_size=6000, workers=2)
