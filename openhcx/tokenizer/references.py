@@ -93,9 +93,10 @@ def load_mistral_tekken() -> Reference:
     """The newest tekken file mistral_common ships (names carry the release date, tekken_YYMMDD.json)."""
     from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
-    files = sorted((package_dir("mistral_common") / "data").glob("tekken_*.json"))
+    data = package_dir("mistral_common") / "data"
+    files = sorted(data.glob("tekken_*.json"))
     if not files:
-        raise FileNotFoundError(f"{package_dir('mistral_common') / 'data'}: no tekken_*.json")
+        raise FileNotFoundError(f"{data}: no tekken_*.json")
     tekken = Tekkenizer.from_file(files[-1])
     return Reference(
         "mistral-tekken",
