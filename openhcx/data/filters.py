@@ -147,16 +147,15 @@ def duplicate_line_fractions(text: str) -> tuple[float, float]:
 def top_ngram_char_fraction(words: Sequence[str], n: int) -> float:
     """Share of word characters covered by all occurrences of the most frequent n-gram.
 
-    An n-gram seen only once is not repetition, so it scores 0.
+    Among equally frequent n-grams the one with most characters counts, so the result does not
+    depend on word order. An n-gram seen only once is not repetition, so it scores 0.
     """
     total = sum(map(len, words))
     if len(words) < n or total == 0:
         return 0.0
     counts = Counter(_ngrams(words, n))
-    ngram, count = counts.most_common(1)[0]
-    if count < 2:
-        return 0.0
-    return min(1.0, sum(map(len, ngram)) * count / total)
+    count, chars = max((c, sum(map(len, ngram))) for ngram, c in counts.items())
+    return 0.0 if count < 2 else min(1.0, chars * count / total)
 
 
 def duplicate_ngram_char_fraction(words: Sequence[str], n: int) -> float:
