@@ -1,0 +1,210 @@
+"""Decoding with a KV cache: greedy or sampled continuations of batched prompts, and fill-in-the-middle.
+
+Batched prompts are left-padded so that every row writes its next token into the same cache slot; RoPE
+positions count real tokens only, so a padded row decodes exactly as it would alone. Logit processing
+follows the order transformers uses: repetition penalty, temperature, top-k, top-p.
+Not a server: no continuous batching, beam search or speculative decoding (openhcx.serve owns serving).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from openhcx.io import UserError
+from openhcx.model.transformer import KVCache, Transformer
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 means greedy (argmax), whatever top_k / top_p say
+    top_k: int = 0  # 0 keeps every token
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0  # >1 discourages tokens already in the prompt or the completion
+    stop_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        checks = {
+            "max_new_tokens": self.max_new_tokens >= 0,
+            "temperature": self.temperature >= 0,
+            "top_k": self.top_k >= 0,
+            "top_p": 0 < self.top_p <= 1,
+            "repetition_penalty": self.repetition_penalty > 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise UserError(f"sampling.{key}={getattr(self, key)!r} is out of range")
+        if any(not s for s in self.stop_strings):
+            raise UserError("sampling.stop_strings: an empty stop string would stop at once")
+
+
+@dataclass
+class Completion:
+    """ids: the new tokens, including a stop id or the token that completed a stop string.
+    text: decoded completion without the stop id and cut before a stop string (None without `decode`).
+    finish_reason: "stop" or "length"."""
+
+    ids: list[int]
+    text: str | None
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class FimTokens:
+    """Sentinel ids the tokenizer assigns: <|fim_prefix|>, <|fim_suffix|>, <|fim_middle|>, <|endoftext|>."""
+
+    prefix: int
+    suffix: int
+    middle: int
+    end: int
+
+
+def penalize_repetition(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """CTRL's penalty as transformers applies it: seen tokens' positive logits divided, negative multiplied."""
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def sampling_probs(logits: Tensor, sampling: Sampling) -> Tensor:
+    """Next-token distribution (B, V) after temperature, top-k and top-p (temperature > 0)."""
+    logits = logits / sampling.temperature
+    if 0 < sampling.top_k < logits.shape[-1]:
+        kth = logits.topk(sampling.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
+        mass_before = probs.cumsum(-1) - probs
+        # Keep the most probable tokens until their mass reaches top_p; the top token always stays.
+        drop_sorted = mass_before >= sampling.top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.softmax(-1)
+
+
+def next_tokens(logits: Tensor, seen: Tensor, sampling: Sampling, generator: torch.Generator | None) -> Tensor:
+    logits = penalize_repetition(logits.float(), seen, sampling.repetition_penalty)
+    if sampling.temperature == 0:
+        return logits.argmax(-1)
+    return torch.multinomial(sampling_probs(logits, sampling), 1, generator=generator).squeeze(-1)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
+    for row, p in enumerate(prompts):
+        if len(p):
+            ids[row, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+            mask[row, width - len(p):] = True
+    return ids, mask
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(hits)] if hits else None
+
+
+@torch.no_grad()
+def generate(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    sampling: Sampling = Sampling(),
+    *,
+    decode: Callable[[list[int]], str] | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+    pad_id: int | None = None,
+) -> list[Completion]:
+    """Continue each prompt (token ids) until a stop id, a stop string or the token budget.
+
+    Prompt plus completion never exceed the model's max_seq_len. `on_token(row, token_id)` streams every
+    new token as it is chosen. Stop strings need `decode` (ids -> text); with a seed, sampling repeats.
+    """
+    config = model.config
+    if config.head != "lm":
+        raise UserError("generate needs a language-model head, not a scalar head")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("generate needs at least one prompt, each with at least one token")
+    if sampling.stop_strings and decode is None:
+        raise UserError("sampling.stop_strings needs a decode function")
+    longest = max(len(p) for p in prompts)
+    if longest > config.max_seq_len:
+        raise UserError(f"prompt of {longest} tokens exceeds model.max_seq_len={config.max_seq_len}")
+    budget = min(sampling.max_new_tokens, config.max_seq_len - longest)
+    device = model.model.norm.weight.device
+    pad = pad_id if pad_id is not None else (config.pad_token_id or 0)
+    ids, mask = left_pad(prompts, pad, device)
+    seen = torch.zeros(len(prompts), config.vocab_size, dtype=torch.bool, device=device)
+    rows = torch.arange(len(prompts), device=device)[:, None].expand_as(ids)
+    seen[rows[mask], ids[mask]] = True
+    generator = torch.Generator(device).manual_seed(sampling.seed) if sampling.seed is not None else None
+    out = [Completion([], None, "length") for _ in prompts]
+    active = [True] * len(prompts)
+    if budget == 0:
+        return _finish(out, decode)
+    model.eval()
+    cache = KVCache(config, len(prompts), longest + budget, device, dtype=model.model.norm.weight.dtype)
+    logits = model(ids, attn_mask=mask, cache=cache, last_only=True)[:, -1]
+    for step in range(budget):
+        chosen = next_tokens(logits, seen, sampling, generator)
+        seen.scatter_(1, chosen[:, None], True)
+        for row, token in enumerate(chosen.tolist()):
+            if active[row]:
+                active[row] = _append(out[row], row, token, sampling, decode, on_token)
+        if not any(active) or step == budget - 1:
+            break
+        feed = torch.where(torch.tensor(active, device=device), chosen, torch.full_like(chosen, pad))
+        logits = model(feed[:, None], cache=cache, last_only=True)[:, -1]
+    return _finish(out, decode)
+
+
+def _append(done: Completion, row: int, token: int, sampling: Sampling, decode, on_token) -> bool:
+    """Record one token; False once the row has stopped."""
+    done.ids.append(token)
+    if on_token is not None:
+        on_token(row, token)
+    if token in sampling.stop_ids:
+        done.finish_reason = "stop"
+        return False
+    if sampling.stop_strings:
+        cut = _cut_at_stop(decode(done.ids), sampling.stop_strings)
+        if cut is not None:
+            done.text, done.finish_reason = cut, "stop"
+            return False
+    return True
+
+
+def _finish(out: list[Completion], decode) -> list[Completion]:
+    if decode is not None:
+        for c in out:
+            if c.text is None:
+                stopped_by_id = c.finish_reason == "stop"
+                c.text = decode(c.ids[:-1] if stopped_by_id else c.ids)
+    return out
+
+
+def psm_prompt(prefix: Sequence[int], suffix: Sequence[int], fim: FimTokens) -> list[int]:
+    """<|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|>: the model writes the middle next."""
+    return [fim.prefix, *prefix, fim.suffix, *suffix, fim.middle]
+
+
+def infill(
+    model: Transformer,
+    prefix: Sequence[int],
+    suffix: Sequence[int],
+    fim: FimTokens,
+    sampling: Sampling = Sampling(),
+    *,
+    decode: Callable[[list[int]], str] | None = None,
+) -> Completion:
+    """The middle between prefix and suffix token ids (PSM format), ending at <|endoftext|>."""
+    stop = (*sampling.stop_ids, fim.end)
+    return generate(model, [psm_prompt(prefix, suffix, fim)], replace(sampling, stop_ids=stop), decode=decode)[0]
