@@ -70,5 +70,7 @@ def segment_many(texts: Iterable[str], workers: int = 1, chunksize: int = 16) ->
         yield from map(segment, texts)
         return
     ctx = mp.get_context("spawn" if mp.get_start_method(allow_none=True) == "spawn" else "fork")
+    if ctx.get_start_method() == "fork":
+        analyzer()  # load once here; forked workers share it instead of loading their own
     with ctx.Pool(workers) as pool:
         yield from pool.imap(segment, texts, chunksize=chunksize)
