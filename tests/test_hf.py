@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from openhcx.io import UserError
 from openhcx.model.generate import Sampling, generate
@@ -105,6 +106,10 @@ def test_weights_only_from_safetensors_and_llama_only(tmp_path):
     torch.manual_seed(0)
     config = tiny()
     save_checkpoint(Transformer(config), config, tmp_path / "c")
+    state = load_file(tmp_path / "c" / "model.safetensors")
+    save_file({k: v for k, v in state.items() if k != "lm_head.weight"}, tmp_path / "c" / "model.safetensors")
+    with pytest.raises(UserError, match="missing tensor 'lm_head.weight'"):
+        load_checkpoint(tmp_path / "c")
     (tmp_path / "c" / "model.safetensors").rename(tmp_path / "c" / "pytorch_model.bin")
     with pytest.raises(UserError, match="only from safetensors"):
         load_checkpoint(tmp_path / "c")

@@ -150,7 +150,6 @@ def generate(
     active = [True] * len(prompts)
     if budget == 0:
         return _finish(out, decode)
-    model.eval()
     cache = KVCache(config, len(prompts), longest + budget, device, dtype=model.model.norm.weight.dtype)
     logits = model(ids, attn_mask=mask, cache=cache, last_only=True)[:, -1]
     for step in range(budget):

@@ -180,19 +180,20 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
 def build_from_state(config: ModelConfig, state: dict[str, Tensor], source: str | Path,
                      head: str | None = None, dtype: torch.dtype | None = None,
                      device: str | torch.device = "cpu") -> tuple[Transformer, ModelConfig]:
-    """A model holding exactly these tensors; a head missing from `state` (new `head`) starts fresh."""
-    config = config.replace(head=head) if head else config
+    """A model holding exactly these tensors; only a head switched by `head` may be missing (it starts fresh)."""
+    switched = head is not None and head != config.head
+    config = config.replace(head=head) if switched else config
     state = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in state.items()}
     with torch.device("meta"):
         model = Transformer(config)
     tied = {"lm_head.weight"} if config.head == "lm" and config.tie_embeddings else set()
     missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in tied},
                                                 strict=False, assign=True)
-    head_keys = {"lm_head.weight", "score.weight"}
-    bad = sorted((set(missing) - tied - head_keys) | (set(unexpected) - head_keys))
+    replaced = {"lm_head.weight", "score.weight"} if switched else set()
+    bad = sorted((set(missing) - tied - replaced) | (set(unexpected) - replaced))
     if bad:
-        raise UserError(f"{source}: weights do not match config.json ({'missing' if bad[0] in missing else 'unexpected'}"
-                        f" tensor {bad[0]!r})")
+        kind = "missing" if bad[0] in missing else "unexpected"
+        raise UserError(f"{source}: weights do not match config.json ({kind} tensor {bad[0]!r})")
     model.tie_weights()
     for name in set(missing) - tied:
         module = getattr(model, name.split(".")[0])
