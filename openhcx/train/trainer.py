@@ -1,0 +1,246 @@
+"""The one training loop: AdamW, warmup + cosine schedule, gradient accumulation, clipping, precision.
+
+Every stage that trains (pretraining, SFT, reward model) runs this loop with its own loss function; the
+cross-cutting concerns (checkpoints, progress bar, metrics file, MLflow, loss curve) are callbacks, so the
+loop itself stays one page. Scale-out is `torchrun` plus `distributed.wrap`; the loop only all-reduces token
+counts and loss sums. Not here: data loading, checkpoint formats, logging backends.
+
+Gradient accumulation weighs every scored token equally across micro-batches and ranks: each micro-batch
+contributes loss_sum / (tokens in the whole global batch), times the world size because DDP and FSDP
+average gradients over ranks. The result equals one large batch on one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, fields, replace
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from openhcx.io import UserError
+from openhcx.train.distributed import World, all_reduce_sum, gradient_sync, unwrap
+from openhcx.train.losses import IGNORE_INDEX
+
+# Dense bf16 tensor-core peaks (vendor datasheets) for MFU; other devices are measured (`measured_peak_flops`).
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by every stage; `validate` names the key a user must fix."""
+
+    steps: int
+    batch_size: int  # sequences per optimizer step, all ranks together, at `seq_len`
+    micro_batch_size: int  # sequences per rank per forward/backward
+    seq_len: int
+    long_seq_len: int | None = None  # context-length schedule: the last `long_fraction` of steps
+    long_fraction: float = 0.1
+    lr: float = 3e-4
+    min_lr: float = 3e-5  # the cosine decays to this floor
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still logged)
+    compile: bool = False
+
+    def validate(self, world_size: int, max_seq_len: int) -> None:
+        for name in ("steps", "batch_size", "micro_batch_size", "seq_len"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name}={getattr(self, name)}: must be positive")
+        if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
+            raise UserError(f"min_lr={self.min_lr}, lr={self.lr}: need 0 <= min_lr <= lr and lr > 0")
+        if not 0 <= self.long_fraction < 1:
+            raise UserError(f"long_fraction={self.long_fraction}: must be in [0, 1)")
+        for name in ("seq_len", "long_seq_len"):
+            length = getattr(self, name)
+            if length is not None and length > max_seq_len:
+                raise UserError(f"{name}={length} exceeds model.max_seq_len={max_seq_len} (the RoPE tables cover "
+                                f"max_seq_len positions): raise model_overrides.max_seq_len or shorten {name}")
+        for step in {0, long_start(self)} - {self.steps}:
+            p = phase_at(step, self)
+            if p.batch_size % (p.micro_batch_size * world_size):
+                key = "batch_size" if p.seq_len == self.seq_len else "long_seq_len"
+                raise UserError(f"{key}: {p.batch_size} sequences of {p.seq_len} tokens per step do not split "
+                                f"into micro-batches of {p.micro_batch_size} on {world_size} rank(s)")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Shape of one step's global batch."""
+
+    seq_len: int
+    batch_size: int
+    micro_batch_size: int
+
+
+def long_start(config: TrainConfig) -> int:
+    """First step of the long-context phase (`steps` when there is none)."""
+    if config.long_seq_len is None:
+        return config.steps
+    return config.steps - round(config.steps * config.long_fraction)
+
+
+def phase_at(step: int, config: TrainConfig) -> Phase:
+    """Short sequences first, long ones for the last steps; tokens per step stay the same across phases."""
+    if step < long_start(config):
+        return Phase(config.seq_len, config.batch_size, config.micro_batch_size)
+    ratio = config.long_seq_len / config.seq_len
+    return Phase(config.long_seq_len, max(1, round(config.batch_size / ratio)),
+                 max(1, round(config.micro_batch_size / ratio)))
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warmup to `lr` over `warmup_steps`, then cosine decay to `min_lr` at the last step."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.steps - 1 - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only: norms and embeddings are left alone (decay would shrink rare tokens' rows)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            skip = p.ndim < 2 or name.endswith("norm.weight") or "embed_tokens" in name
+            (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def measured_peak_flops(device: torch.device) -> float:
+    """Datasheet bf16 peak for known GPUs; otherwise the best throughput of a large matmul, measured here."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in PEAK_BF16_FLOPS.items():
+            if key in name:
+                return flops
+    n, dtype = (4096, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = math.inf
+    for _ in range(6):
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    step: int  # optimizer steps completed
+    loss: float  # mean per scored token over the global batch
+    lr: float
+    grad_norm: float  # before clipping
+    seq_len: int
+    tokens: int  # scored tokens in the global batch
+    tokens_per_s: float
+    mfu: float  # model FLOPs utilisation against `peak_flops` per device
+    seconds: float
+
+
+class Callback:
+    """Hooks the loop calls on every rank; override the ones needed (rank-0-only work checks `trainer.world`)."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, metrics: StepMetrics) -> None: ...
+
+    def on_checkpoint(self, trainer: Trainer, path) -> None: ...
+
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+LossFn = Callable[[nn.Module, object], tuple[Tensor, Tensor]]  # (model, micro-batch) -> (loss sum, tokens)
+
+
+class Trainer:
+    """Owns the model, optimizer and data position; `fit` runs steps from `self.step` to `config.steps`.
+
+    The loader yields this rank's rows of each global batch: a dataclass of (rows, T) tensors with a
+    `targets` field (IGNORE_INDEX where no loss is taken).
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, loader, loss_fn: LossFn, world: World,
+                 flops_per_token: Callable[[int], float], peak_flops: float,
+                 callbacks: Sequence[Callback] = ()):
+        self.model, self.config, self.loader, self.loss_fn, self.world = model, config, loader, loss_fn, world
+        self.flops_per_token, self.peak_flops, self.callbacks = flops_per_token, peak_flops, list(callbacks)
+        self.optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
+                                           betas=(config.beta1, config.beta2), eps=1e-8)
+        self.step = 0
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if world.device.type == "cuda"
+                         else contextlib.nullcontext())
+
+    def fit(self) -> None:
+        self._emit("on_train_start")
+        while self.step < self.config.steps:
+            metrics = self.train_step()
+            self._emit("on_step_end", metrics)
+        self._emit("on_train_end")
+
+    def checkpoint_saved(self, path) -> None:
+        """Called by whoever wrote a checkpoint, so other callbacks (tracking, eval triggers) can react."""
+        self._emit("on_checkpoint", path)
+
+    def train_step(self) -> StepMetrics:
+        start = time.perf_counter()
+        phase = phase_at(self.step, self.config)
+        batch = self.loader.next_batch(phase.batch_size, phase.seq_len)
+        micro = [to_device(m, self.world.device) for m in split_rows(batch, phase.micro_batch_size)]
+        count = sum((m.targets != IGNORE_INDEX).sum() for m in micro).to(torch.float64)
+        count = all_reduce_sum(count, self.world)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.world.device)
+        for i, m in enumerate(micro):
+            with gradient_sync(self.model, sync=i == len(micro) - 1):
+                with self.autocast:
+                    total, _ = self.loss_fn(self.model, m)
+                (total * (self.world.size / count.float())).backward()
+            loss_sum += total.detach().double()
+        lr = lr_at(self.step, self.config)
+        grad_norm = self._clip()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = all_reduce_sum(loss_sum, self.world) / count.clamp(min=1)
+        self.step += 1
+        seconds = time.perf_counter() - start
+        tokens = phase.batch_size * phase.seq_len
+        flops = self.flops_per_token(phase.seq_len) * tokens
+        return StepMetrics(step=self.step, loss=loss.item(), lr=lr, grad_norm=grad_norm, seq_len=phase.seq_len,
+                           tokens=int(count.item()), tokens_per_s=tokens / seconds,
+                           mfu=flops / seconds / (self.peak_flops * self.world.size), seconds=seconds)
+
+    def _clip(self) -> float:
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor reduced across ranks
+            norm = norm.full_tensor()
+        return norm.item()
+
+    def _emit(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    @property
+    def inner_model(self) -> nn.Module:
+        """The Transformer itself (inside a DDP wrapper, or the FSDP2-sharded module)."""
+        return unwrap(self.model)
+
+
+def split_rows(batch, rows: int) -> list:
+    """Consecutive slices of `rows` rows of every tensor field of a batch dataclass."""
+    names = [f.name for f in fields(batch)]
+    n = getattr(batch, names[0]).shape[0]
+    return [replace(batch, **{k: getattr(batch, k)[i:i + rows] for k in names}) for i in range(0, n, rows)]
+
+
+def to_device(batch, device: torch.device):
+    return replace(batch, **{f.name: getattr(batch, f.name).to(device, non_blocking=True) for f in fields(batch)})
