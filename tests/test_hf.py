@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from openhcx.io import UserError
 from openhcx.model.generate import Sampling, generate
 from openhcx.model.hf import (
-    from_transformers, import_hf, load_checkpoint, load_gguf, save_checkpoint,
+    export, from_transformers, import_hf, load_checkpoint, load_gguf, save_checkpoint,
 )
 from openhcx.model.transformer import Transformer, last_real, model_config
 
@@ -88,6 +88,27 @@ def test_round_trip_is_exact_and_writes_a_manifest(tmp_path):
     assert manifest["stage"] == "pretrain" and manifest["step"] == 3 and manifest["config"]["dim"] == 64
     with pytest.raises(UserError, match="already exists"):
         save_checkpoint(model, config, tmp_path / "c")
+
+
+def test_export_casts_weights_and_carries_the_tokenizer(tmp_path):
+    torch.manual_seed(0)
+    config = tiny()
+    model = Transformer(config)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    save_checkpoint(model, config, tmp_path / "c", tokenizer_dir=tmp_path / "tok")
+    (tmp_path / "c" / "trainer_state.pt").write_bytes(b"not for release")
+    export(str(tmp_path / "c"), str(tmp_path / "release"), dtype="bfloat16")
+    assert sorted(p.name for p in (tmp_path / "release").iterdir()) == [
+        "config.json", "generation_config.json", "manifest.json", "model.safetensors", "tokenizer.json"]
+    released, _ = load_checkpoint(tmp_path / "release")
+    assert torch.equal(released.model.embed_tokens.weight, model.model.embed_tokens.weight.to(torch.bfloat16))
+    with pytest.raises(UserError, match="dtype='int8'"):
+        export(str(tmp_path / "c"), str(tmp_path / "other"), dtype="int8")
+    save_checkpoint(model, config, tmp_path / "bare")
+    with pytest.raises(UserError, match="no tokenizer.json"):
+        export(str(tmp_path / "bare"), str(tmp_path / "other"))
+    assert not (tmp_path / "other").exists()
 
 
 def test_lm_checkpoint_loads_as_reward_model_start(tmp_path):

@@ -235,8 +235,14 @@ def from_transformers(hf_model) -> tuple[Transformer, ModelConfig]:
     return build_from_state(config, state, type(hf_model).__name__)
 
 
-def import_hf(src: str | Path, out: str | Path, *, overwrite: bool = False) -> ModelConfig:
-    """Turn a local HF Llama directory or a GGUF file into an OpenHCX checkpoint, keeping its tokenizer."""
+def import_hf(src: str, out: str, overwrite: bool = False) -> ModelConfig:
+    """Import a local HF Llama directory or GGUF file as an OpenHCX checkpoint, keeping its tokenizer.
+
+    Args:
+        src: HF model directory (config.json, safetensors, tokenizer files) or a .gguf file.
+        out: Checkpoint directory to write.
+        overwrite: Replace an existing output directory.
+    """
     src = require_file(src, "model to import")
     if src.is_dir():
         model, config = load_checkpoint(src)
@@ -251,4 +257,23 @@ def import_hf(src: str | Path, out: str | Path, *, overwrite: bool = False) -> M
         tokenizer.save_pretrained(tok_dir)
         save_checkpoint(model, config, out, tokenizer_dir=tok_dir, overwrite=overwrite, stage="import-hf",
                         inputs={"source": str(src)})
+    return config
+
+
+def export(checkpoint: str, out: str, dtype: str = "bfloat16", tokenizer: str | None = None,
+           overwrite: bool = False) -> ModelConfig:
+    """Write a release copy of a checkpoint: HF files only (no trainer state), weights cast to `dtype`.
+
+    Args:
+        checkpoint: Checkpoint directory (ours, or any HF Llama directory with safetensors).
+        out: Directory to write.
+        dtype: Weight dtype: float32, bfloat16 or float16.
+        tokenizer: Tokenizer directory to include; default: the checkpoint's own tokenizer files.
+        overwrite: Replace an existing output directory.
+    """
+    if dtype not in DTYPES:
+        raise UserError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+    model, config = load_checkpoint(checkpoint, dtype=DTYPES[dtype])
+    save_checkpoint(model, config, out, tokenizer_dir=tokenizer or checkpoint, overwrite=overwrite,
+                    stage="export", inputs={"checkpoint": str(checkpoint), "tokenizer": tokenizer}, dtype=dtype)
     return config
