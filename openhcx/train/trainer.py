@@ -192,7 +192,7 @@ class Trainer:
     def train_step(self) -> StepMetrics:
         start = time.perf_counter()
         phase = phase_at(self.step, self.config)
-        batch = self.loader.next_batch(phase.batch_size, phase.seq_len)
+        batch = self.loader.next_batch(phase.batch_size // self.world.size, phase.seq_len)
         micro = [to_device(m, self.world.device) for m in split_rows(batch, phase.micro_batch_size)]
         count = sum((m.targets != IGNORE_INDEX).sum() for m in micro).to(torch.float64)
         count = all_reduce_sum(count, self.world)
