@@ -47,6 +47,7 @@ _SUFFIXES = {
 }
 _LABEL = re.compile(r"[\w+][\w.+-]*")
 _PARQUET_BATCH_ROWS = 1024
+_PARQUET_READ_BUFFER = 1 << 20
 
 
 @dataclass
@@ -152,6 +153,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     try:
         with _open_bytes(path) as f:
             for lineno, raw in enumerate(f, start=1):
+                if lineno == 1:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is not text
                 try:
                     yield lineno, raw.decode("utf-8")
                 except UnicodeDecodeError as e:
@@ -201,7 +204,9 @@ def read_parquet(path: Path, text_field: str = "text") -> Iterator[str]:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        # No pre-buffering and a bounded read buffer: otherwise arrow holds a whole row group (by
+        # default, the whole file) in memory however small the batches.
+        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=_PARQUET_READ_BUFFER)
     except (pa.ArrowException, OSError) as e:
         raise UserError(f"{path}: not a readable parquet file ({e})") from None
     schema = parquet.schema_arrow
@@ -327,17 +332,18 @@ def _process_source(
     for doc in tqdm(docs, desc=f"{source.label}: {source.path}", unit=" docs", disable=None):
         counts.read += 1
         scrubbed = scrub_pii(clean_text(doc.text))
-        reason = rejection(scrubbed.text, filters, keywords, code=code)
+        text = scrubbed.text.strip()  # a number removed at the very end leaves a space behind
+        reason = rejection(text, filters, keywords, code=code)
         if reason is not None:
             counts.dropped[reason] += 1
             continue
-        split = "heldout" if in_heldout(scrubbed.text, heldout_fraction) else "train"
-        shards.write(split, Document(scrubbed.text, doc.label, doc.source))
+        split = "heldout" if in_heldout(text, heldout_fraction) else "train"
+        shards.write(split, Document(text, doc.label, doc.source))
         counts.kept += 1
         setattr(counts, split, getattr(counts, split) + 1)
         counts.emails += scrubbed.emails
         counts.phones += scrubbed.phones
-        counts.chars += len(scrubbed.text)
+        counts.chars += len(text)
     if counts.read == 0:
         raise UserError(f"{source.path}: no documents (the files are empty)")
     log.info("%s (%s): read %d, kept %d", source.path, source.label, counts.read, counts.kept)
@@ -395,7 +401,7 @@ def build_corpus(
         if totals.kept == 0:
             dropped = ", ".join(f"{rule}: {n}" for rule, n in totals.dropped.items() if n)
             raise UserError(f"{out}: all {totals.read} documents were dropped by the filters ({dropped})")
-        return write_manifest(
+        write_manifest(
             tmp,
             stage="corpus",
             config={
@@ -410,6 +416,7 @@ def build_corpus(
             totals=asdict(totals),
             shards={split: shards.files(split) for split in SPLITS},
         )
+    return json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))  # as written: lists, not tuples
 
 
 # ---------------------------------------------------------------- reading a corpus back

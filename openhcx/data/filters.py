@@ -154,8 +154,11 @@ def top_ngram_char_fraction(words: Sequence[str], n: int) -> float:
     if len(words) < n or total == 0:
         return 0.0
     counts = Counter(_ngrams(words, n))
-    count, chars = max((c, sum(map(len, ngram))) for ngram, c in counts.items())
-    return 0.0 if count < 2 else min(1.0, chars * count / total)
+    count = max(counts.values())
+    if count < 2:
+        return 0.0
+    chars = max(sum(map(len, ngram)) for ngram, c in counts.items() if c == count)
+    return min(1.0, chars * count / total)
 
 
 def duplicate_ngram_char_fraction(words: Sequence[str], n: int) -> float:
@@ -208,8 +211,11 @@ def rejection(text: str, config: FilterConfig, keywords: Keywords, code: bool = 
             if top_ngram_char_fraction(words, n) > limit:
                 return "top_ngram"
         for n, limit in enumerate(config.max_duplicate_ngram_char_fraction, start=5):
-            if duplicate_ngram_char_fraction(words, n) > limit:
+            fraction = duplicate_ngram_char_fraction(words, n)
+            if fraction > limit:
                 return "duplicate_ngram"
+            if fraction == 0.0:
+                break  # no repeated n-gram, so no repeated longer one either
         if keywords.ads and keywords.ads.passage_fraction(text) > config.max_ad_passage_fraction:
             return "advertising"
     if keywords.hate and keywords.hate.passage_fraction(text) > config.max_hate_passage_fraction:

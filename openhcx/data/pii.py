@@ -35,7 +35,8 @@ _KR_PREFIX = r"(?:01[016789]|02|0[3-6][1-5]|0[78]0|050\d?)"
 _KR_INTL_PREFIX = r"(?:1[016789]|2|[3-6][1-5]|[78]0|50\d?)"
 
 _PHONE = re.compile(
-    _START
+    r"(?=[\d(+])"  # leading lookahead: lets the regex engine skip ahead, 2-3x faster on prose
+    + _START
     + r"(?:"
     # +82 10 1234 5678, +82-2-123-4567, +82 (0)10-1234-5678
     + rf"\+82{_SEP}?(?:\(0\){_SEP}?)?{_KR_INTL_PREFIX}{_SEP}?\d{{3,4}}{_SEP}?\d{{4}}"
@@ -63,6 +64,8 @@ class Scrubbed:
 
 def scrub_emails(text: str) -> tuple[str, int]:
     """Replace the local part of every e-mail address with `<EMAIL>`, keeping the domain."""
+    if "@" not in text:
+        return text, 0
     return _EMAIL.subn(lambda m: f"{EMAIL_PLACEHOLDER}@{m.group(1)}", text)
 
 
