@@ -46,8 +46,8 @@ _SUFFIXES = {
     ".parquet": "parquet",
 }
 _LABEL = re.compile(r"[\w+][\w.+-]*")
-_PARQUET_BATCH_ROWS = 1024
-_PARQUET_READ_BUFFER = 1 << 20
+_PARQUET_BATCH_ROWS = 1024  # rows converted to Python strings at a time
+_PARQUET_READ_BUFFER = 1 << 20  # bytes arrow reads from disk at a time
 
 
 @dataclass
@@ -81,10 +81,13 @@ class Counts:
     """What happened to the documents of one source, one label or the whole corpus."""
 
     read: int = 0
+    """Documents read from the files."""
     kept: int = 0
+    """Documents that passed every filter (= train + heldout)."""
     train: int = 0
     heldout: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RULES, 0))
+    """Documents dropped, by the first filter rule they failed (see filters.RULES)."""
     emails: int = 0
     """E-mail addresses scrubbed in kept documents."""
     phones: int = 0
@@ -238,7 +241,6 @@ def read_file(path: Path, source: Source) -> Iterator[str]:
     if fmt == "parquet":
         return read_parquet(path, source.text_field)
     return read_jsonl(path, source.text_field)
-
 
 
 # ---------------------------------------------------------------- cleaning and splitting

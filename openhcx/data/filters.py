@@ -3,9 +3,10 @@
 RECIPE.md section 1 names what to drop but not how; the repetition rules follow the Gopher rules
 (Rae et al. 2021, "Scaling Language Models", appendix A) with their published thresholds. Words are
 whitespace-separated tokens, which for Korean means eojeol (word + attached particles): coarser than
-English words, so the same thresholds are slightly more lenient on Korean. Each rule is a pure
-function; `rejection` applies them in a fixed order and names the first that fails, so every dropped
-document is counted under exactly one rule.
+English words, so the same thresholds are slightly more lenient on Korean. The length and keyword
+thresholds are OpenHCX's own defaults (the report gives none). Each rule is a pure function;
+`rejection` applies them in a fixed order and names the first that fails, so every dropped document
+is counted under exactly one rule.
 
 Not here: deduplication across documents, language identification, model-based quality scoring.
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from itertools import compress
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -33,9 +34,6 @@ RULES = (
     "advertising",
     "hate_speech",
 )
-# Rules that judge prose and misfire on source code: braces and `return` lines repeat, identifiers
-# repeat as n-grams, and ad words such as "free" or "click" are ordinary identifiers.
-PROSE_ONLY_RULES = frozenset({"duplicate_lines", "duplicate_line_chars", "top_ngram", "duplicate_ngram", "advertising"})
 
 
 def _default_lists(kind: str) -> list[str]:
@@ -195,8 +193,9 @@ def passages(text: str) -> list[str]:
 def rejection(text: str, config: FilterConfig, keywords: Keywords, code: bool = False) -> str | None:
     """Name of the first rule (see RULES) the document fails, or None to keep it.
 
-    Code documents (`code=True`) are judged only by `too_short` and `hate_speech`; the rules in
-    PROSE_ONLY_RULES are skipped for them.
+    Code documents (`code=True`) are judged only by `too_short` and `hate_speech`. The other rules
+    judge prose and misfire on source code: closing braces and `return` lines repeat, identifiers
+    repeat as n-grams, and ad words such as "free" or "click" are ordinary identifiers.
     """
     if len(text) < config.min_chars:
         return "too_short"
