@@ -49,7 +49,7 @@ def test_num_params_counts_the_real_module(changes):
 
 
 def test_tiny_is_a_few_million_and_presets_grow():
-    assert 1e6 < PRESETS["tiny"].num_params() < 5e6
+    assert 1e6 < PRESETS["tiny"].num_params() < 1e7
     sizes = [c.num_params() for c in PRESETS.values()]
     assert sizes == sorted(sizes) and sizes[-1] > 1e10
 

@@ -124,7 +124,7 @@ def _field_names() -> str:
 RECIPE_VOCAB = 100_000  # RECIPE.md section 2
 
 PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(vocab_size=8192, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384,
+    "tiny": ModelConfig(vocab_size=16000, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384,
                         max_seq_len=512, tie_embeddings=False),
     "125m": ModelConfig(vocab_size=RECIPE_VOCAB, dim=640, n_layers=12, n_heads=10, n_kv_heads=5,
                         ffn_dim=2048, max_seq_len=4096, tie_embeddings=True),
@@ -193,6 +193,7 @@ class KVCache:
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.max_len = max_len
         self.length = 0
+        self.padded = False  # any pad slot so far; without one, decoding needs no mask (and no device sync)
 
     def seen(self) -> Tensor:
         """Real tokens already cached per row: the next token's default position."""
@@ -286,7 +287,7 @@ def attention_mask(
         causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
         return (same_doc & causal)[:, None]
     start, end = cache.length, cache.length + T
-    if attn_mask is None and not bool((~cache.valid[:, :start]).any()):
+    if attn_mask is None and not cache.padded:
         # No padding anywhere: a lone query sees every key, a first chunk is plain causal (is_causal).
         return None if T == 1 or start == 0 else _causal_offset(T, end, device)[None, None]
     keys_real = cache.valid[:, :end]
@@ -368,9 +369,11 @@ class Transformer(nn.Module):
         if cache is not None:
             if doc_ids is not None:
                 raise UserError("doc_ids (packed documents) cannot be combined with a KV cache")
-            real = attn_mask.bool() if attn_mask is not None else torch.ones(B, T, dtype=torch.bool,
-                                                                            device=ids.device)
-            cache.valid[:, start:start + T] = real
+            if attn_mask is None:
+                cache.valid[:, start:start + T] = True
+            else:
+                cache.valid[:, start:start + T] = attn_mask.bool()
+                cache.padded = cache.padded or not bool(attn_mask.bool().all())
         if positions is None:
             positions = self._default_positions(B, T, attn_mask, doc_ids, cache, ids.device)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
