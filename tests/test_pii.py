@@ -91,6 +91,10 @@ def test_email_keeps_domain_and_gets_fixed_local_part():
     assert scrub_emails(text) == ("문의: <EMAIL>@naver.com, <EMAIL>@mail.example.co.kr. 끝", 2)
 
 
+def test_email_touching_korean_text():
+    assert scrub_emails("주소는hong@naver.com으로 보내세요") == ("주소는<EMAIL>@naver.com으로 보내세요", 1)
+
+
 @pytest.mark.parametrize("text", ["@username", "a @ b.com", "user@localhost", "x@y", "version@2.0"])
 def test_email_negatives(text):
     assert scrub_emails(text) == (text, 0)
