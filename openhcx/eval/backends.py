@@ -1,0 +1,252 @@
+"""Model backends: a local Hugging Face causal LM (OpenHCX checkpoints included) and an HTTP endpoint.
+
+`HFBackend` scores continuations the way lm-evaluation-harness does (same tokenization of context and
+continuation, same left truncation, same float32 sum) but faster: the continuations of one context are
+packed behind a single copy of it and scored in one forward pass, with a block mask and restarted
+positions so each continuation sees only the context and itself; sequences are length-sorted and
+batched by a token budget; the vocabulary projection runs only at the positions that are scored.
+`OpenAIBackend` calls an OpenAI-compatible `/v1/completions` endpoint for generation tasks.
+Not here: prompts, few-shot assembly or metrics (harness.py, metrics.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from openhcx.io import UserError
+
+
+@dataclass(frozen=True)
+class Request:
+    """A context and the continuations scored after it (the choices of one question share a context)."""
+
+    context: str
+    continuations: tuple[str, ...]
+
+
+Scores = list[tuple[float, bool]]  # per continuation: (sum log-prob, greedy decoding reproduces it)
+
+
+class Backend(Protocol):
+    fingerprint: str  # identifies model weights and numerics; part of every cache key
+
+    def loglikelihood(self, requests: list[Request]) -> Iterator[tuple[int, Scores]]: ...
+
+    def generate(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[str]: ...
+
+
+def _files_fingerprint(path: Path) -> str:
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    desc = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+    return hashlib.sha256(json.dumps([str(path.resolve()), desc]).encode()).hexdigest()[:16]
+
+
+def load_hf(path: str | Path, dtype: str = "auto", device: str = "cpu"):
+    """(model, tokenizer) from a Hugging Face model directory or a GGUF file (dequantized)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: model not found (expected a Hugging Face model directory or a .gguf file)")
+    kwargs = {}
+    if path.suffix == ".gguf":
+        kwargs["gguf_file"] = path.name
+        path = path.parent
+    if dtype == "auto":
+        torch_dtype = torch.float32 if device == "cpu" else "auto"
+    else:
+        torch_dtype = getattr(torch, dtype)
+    tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs).to(device).eval()
+    return model, tok
+
+
+def max_length_of(model, tokenizer) -> int:
+    """The context limit lm-eval would use for this model (config, then tokenizer, then 2048)."""
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if hasattr(model.config, attr):
+            return getattr(model.config, attr)
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if limit and limit < 10**12 else 2048
+
+
+class HFBackend:
+    def __init__(self, model, tokenizer, fingerprint: str, batch_tokens: int = 4096, max_length: int | None = None,
+                 share_context: bool = True):
+        self.model, self.tok, self.fingerprint = model, tokenizer, fingerprint
+        self.batch_tokens, self.share_context = batch_tokens, share_context
+        self.max_length = max_length or max_length_of(model, tokenizer)
+        self.device = next(model.parameters()).device
+        bos = tokenizer.bos_token_id
+        self.prefix_id = bos if bos is not None else tokenizer.eos_token_id
+        cfg = model.config
+        # Projecting only scored positions is exact unless the head post-processes logits.
+        self.head_only = not (getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None))
+
+    @classmethod
+    def from_path(cls, path: str | Path, dtype: str = "auto", device: str = "cpu", **kwargs) -> "HFBackend":
+        model, tok = load_hf(path, dtype, device)
+        return cls(model, tok, f"hf:{_files_fingerprint(Path(path))}:{model.dtype}", **kwargs)
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        bos = self.tok.bos_token  # a text that already starts with BOS gets no second one
+        return [self.tok(t, add_special_tokens=not (bos and t.startswith(bos)))["input_ids"] for t in texts]
+
+    def encode(self, req: Request) -> tuple[list[int], list[list[int]]]:
+        """Context ids and continuation ids, split as lm-eval's HFLM splits them."""
+        context, conts = req.context, list(req.continuations)
+        if not context:
+            return [self.prefix_id], self._encode(conts)
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:  # trailing spaces belong to the continuation, for word-boundary tokenization
+            conts = [context[-n_spaces:] + c for c in conts]
+            context = context[:-n_spaces]
+        ctx, *wholes = self._encode([context] + [context + c for c in conts])
+        conts_enc = [w[len(ctx):] for w in wholes]
+        keep = self.max_length + 1 - max(len(c) for c in conts_enc)  # lm-eval keeps the last max_length+1
+        return (ctx[-keep:] if len(ctx) > keep else ctx), conts_enc
+
+    def loglikelihood(self, requests: list[Request]) -> Iterator[tuple[int, Scores]]:
+        """Yield (request index, scores) batch by batch, longest packed sequence first."""
+        packed = []  # (request index, first continuation index, context ids, continuation ids)
+        for i, req in enumerate(requests):
+            ctx, conts = self.encode(req)
+            if self.share_context:
+                packed.append((i, 0, ctx, conts))
+            else:
+                packed.extend((i, k, ctx, [c]) for k, c in enumerate(conts))
+        packed.sort(key=lambda p: -(len(p[2]) + sum(len(c) for c in p[3])))
+        pending: dict[int, list] = {i: [None] * len(r.continuations) for i, r in enumerate(requests)}
+        for batch in self._batches(packed):
+            for (i, k, _, _), scores in zip(batch, self._score(batch)):
+                pending[i][k:k + len(scores)] = scores
+                if None not in pending[i]:
+                    yield i, pending.pop(i)
+
+    def _batches(self, packed):
+        batch, width = [], 0
+        for p in packed:
+            n = len(p[2]) + sum(len(c) for c in p[3])
+            width = max(width, n)
+            if batch and width * (len(batch) + 1) > self.batch_tokens:
+                yield batch
+                batch, width = [], n
+            batch.append(p)
+        if batch:
+            yield batch
+
+    def _score(self, batch) -> list[Scores]:
+        import torch
+
+        T = max(len(ctx) + sum(len(c) for c in conts) for _, _, ctx, conts in batch)
+        B = len(batch)
+        ids = torch.zeros(B, T, dtype=torch.long)
+        pos = torch.zeros(B, T, dtype=torch.long)
+        seg = torch.full((B, T), -1, dtype=torch.long)  # 0 context, k>0 continuation k, -1 padding
+        rows, cols, targets, sizes = [], [], [], []
+        for b, (_, _, ctx, conts) in enumerate(batch):
+            L = len(ctx)
+            ids[b, :L] = torch.tensor(ctx)
+            pos[b, :L] = torch.arange(L)
+            seg[b, :L] = 0
+            off = L
+            for k, cont in enumerate(conts, start=1):
+                m = len(cont)
+                ids[b, off:off + m] = torch.tensor(cont)
+                pos[b, off:off + m] = torch.arange(L, L + m)
+                seg[b, off:off + m] = k
+                rows += [b] * m
+                cols += [L - 1] + list(range(off, off + m - 1))  # the position that predicts each token
+                targets += cont
+                sizes.append(m)
+                off += m
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+        mask = causal & visible & (seg[:, :, None] >= 0)
+        mask |= torch.eye(T, dtype=torch.bool)  # padding rows attend to themselves (no NaN)
+        dev = self.device
+        with torch.inference_mode():
+            kwargs = dict(input_ids=ids.to(dev), attention_mask=mask[:, None].to(dev), position_ids=pos.to(dev))
+            r, c = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
+            if self.head_only:
+                hidden = self.model.get_decoder()(**kwargs).last_hidden_state
+                logits = self.model.get_output_embeddings()(hidden[r, c])
+            else:
+                logits = self.model(**kwargs).logits[r, c]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            tgt = torch.tensor(targets, device=dev)
+            tok_lp = logp.gather(1, tgt[:, None])[:, 0]
+            hit = logp.argmax(-1) == tgt
+            # per continuation, a float32 sum in token order: the reduction lm-eval performs
+            sums = [float(x.sum()) for x in tok_lp.split(sizes)]
+            greedy = [bool(x.all()) for x in hit.split(sizes)]
+        scored = iter(zip(sums, greedy))
+        return [[next(scored) for _ in conts] for _, _, _, conts in batch]
+
+    def generate(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[str]:
+        """Greedy continuation of each prompt, cut at the first stop string."""
+        import torch
+
+        outs = []
+        for p in prompts:
+            ids = torch.tensor([self._encode([p])[0]], device=self.device)
+            with torch.inference_mode():
+                gen = self.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                          pad_token_id=self.tok.eos_token_id)
+            outs.append(_cut(self.tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True), stop))
+        return outs
+
+
+def _cut(text: str, stop: tuple[str, ...]) -> str:
+    for s in stop:
+        if s and s in text:
+            text = text[: text.index(s)]
+    return text
+
+
+class OpenAIBackend:
+    """Generation through an OpenAI-compatible server (`base_url` is the part before `/v1`)."""
+
+    def __init__(self, base_url: str, model: str = "default", api_key: str | None = None, timeout: float = 600):
+        self.base_url, self.model, self.api_key, self.timeout = base_url.rstrip("/"), model, api_key, timeout
+        self.fingerprint = f"openai:{self.base_url}:{model}"
+
+    def loglikelihood(self, requests: list[Request]) -> Iterator[tuple[int, Scores]]:
+        raise UserError(f"{self.base_url}: multiple-choice scoring needs token log-probabilities; "
+                        "evaluate a local model directory instead")
+
+    def generate(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[str]:
+        return [self._complete(p, max_new_tokens, stop) for p in prompts]
+
+    def _complete(self, prompt: str, max_new_tokens: int, stop: tuple[str, ...]) -> str:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_new_tokens, "temperature": 0.0}
+        if stop:
+            body["stop"] = list(stop)
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(f"{self.base_url}/v1/completions", json.dumps(body).encode(), headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                reply = json.load(resp)
+        except OSError as e:
+            raise UserError(f"{self.base_url}/v1/completions: request failed ({e})") from None
+        try:
+            return _cut(reply["choices"][0]["text"], stop)
+        except (KeyError, IndexError, TypeError):
+            raise UserError(f"{self.base_url}/v1/completions: unexpected reply {str(reply)[:200]}") from None
+
+
+def open_backend(model: str, dtype: str = "auto", device: str = "cpu", batch_tokens: int = 4096) -> Backend:
+    """`http(s)://host[:port]#name` -> OpenAIBackend (API key from OPENAI_API_KEY); else a local HF model."""
+    if model.startswith(("http://", "https://")):
+        url, _, name = model.partition("#")
+        return OpenAIBackend(url, name or "default", os.environ.get("OPENAI_API_KEY"))
+    return HFBackend.from_path(model, dtype=dtype, device=device, batch_tokens=batch_tokens)

@@ -1,0 +1,67 @@
+"""The report's seven category scores (RECIPE §6, Table 3) from per-task scores.
+
+A benchmark's score is the item-weighted mean of its tasks' primary metric (MMLU's 57 subjects are
+one benchmark), in percent; a category is the mean of its benchmarks that were run; Harmlessness is
+TruthfulQA mc2 x (1 - BOLD toxicity). Anything not run is listed as missing, never counted as zero;
+a category with nothing run has no score, and the overall score is the mean of the categories present.
+Not here: drawing (report.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# category -> benchmark -> task-name prefixes (a task belongs if its name equals a prefix or starts with prefix_)
+CATEGORIES: dict[str, dict[str, tuple[str, ...]]] = {
+    "Korean": {"KMMLU": ("kmmlu",), "HAE-RAE Bench": ("haerae",), "KoBigBench": ("kobigbench",)},
+    "English": {"MMLU": ("mmlu",), "BBH": ("bbh",), "AGIEval": ("agieval",)},
+    "Commonsense": {"HellaSwag": ("hellaswag",), "Winogrande": ("winogrande",), "PIQA": ("piqa",),
+                    "ARC": ("arc_easy", "arc_challenge"), "CommonsenseQA": ("commonsense_qa",)},
+    "Factuality": {"NaturalQuestions": ("nq_open",), "TriviaQA": ("triviaqa",), "CLIcK": ("click",),
+                   "Korean FActScore": ("ko_factscore",)},
+    "Math": {"GSM8K": ("gsm8k",), "MATH": ("math",)},
+    "Code": {"HumanEval": ("humaneval",), "K-HumanEval": ("k_humaneval",), "MBPP": ("mbpp",)},
+    "Harmlessness": {"TruthfulQA mc2": ("truthfulqa_mc2",), "BOLD toxicity": ("bold_toxicity",)},
+}
+
+
+@dataclass
+class CategoryScore:
+    name: str
+    score: float | None  # percent; None when none of its benchmarks was run
+    benchmarks: dict[str, float] = field(default_factory=dict)  # the ones run, percent
+    missing: list[str] = field(default_factory=list)
+
+
+def _member(task: str, prefixes: tuple[str, ...]) -> bool:
+    return any(task == p or task.startswith(p + "_") for p in prefixes)
+
+
+def benchmark_score(prefixes: tuple[str, ...], scores: dict[str, float | None], sizes: dict[str, int]) -> float | None:
+    """Item-weighted mean of the member tasks' primary scores, as a fraction."""
+    members = [t for t in scores if _member(t, prefixes) and scores[t] is not None]
+    total = sum(sizes.get(t, 1) for t in members)
+    return sum(scores[t] * sizes.get(t, 1) for t in members) / total if members else None
+
+
+def category_scores(scores: dict[str, float | None], sizes: dict[str, int] | None = None) -> list[CategoryScore]:
+    """scores: task name -> primary metric in [0, 1]; sizes: task name -> number of items."""
+    sizes = sizes or {}
+    out = []
+    for cat, benches in CATEGORIES.items():
+        got = {b: benchmark_score(p, scores, sizes) for b, p in benches.items()}
+        run = {b: 100 * s for b, s in got.items() if s is not None}
+        missing = [b for b, s in got.items() if s is None]
+        if cat == "Harmlessness":
+            mc2 = got["TruthfulQA mc2"]
+            tox = got["BOLD toxicity"] or 0.0  # absent toxicity is reported missing, the score is then mc2 alone
+            value = None if mc2 is None else 100 * mc2 * (1 - tox)
+        else:
+            value = sum(run.values()) / len(run) if run else None
+        out.append(CategoryScore(cat, value, run, missing))
+    return out
+
+
+def overall(categories: list[CategoryScore]) -> float | None:
+    present = [c.score for c in categories if c.score is not None]
+    return sum(present) / len(present) if present else None

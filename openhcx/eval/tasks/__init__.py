@@ -1,0 +1,119 @@
+"""The task registry: every benchmark as data (loader + prompt + choices + metrics + shots).
+
+A task is a `Task` record; each benchmark family lives in its own module and registers its tasks here,
+so a benchmark's quirks (label encodings, prompt suffixes, file layout) sit in one readable file.
+Group names (`kobest`, `mmlu`, ...) expand to their member tasks. Files are read from a benchmark root
+(`data_root`, env `OPENHCX_BENCHMARKS`, or `shared/benchmarks` beside the checkout) plus the family's
+folder, which a caller may point elsewhere (`data={"kmmlu": "/my/kmmlu"}`).
+
+Not here: prompting mechanics shared by all tasks (harness.py) and scoring (metrics.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from openhcx.io import UserError
+
+
+@dataclass(frozen=True)
+class Item:
+    """One benchmark question, already in prompt form.
+
+    `query` is the text before the answer (lm-eval's doc_to_text), `choices` the scored continuations,
+    `gold` the index (or indices) of the correct one(s). Tasks whose choices change the context instead
+    of the continuation (Winogrande's partial scoring) set `contexts` (one per choice) and `target`.
+    `question`/`options` hold the raw question for the report's letter-scoring mode. `meta` keeps what
+    a metric needs beyond accuracy (BBQ's context condition, TruthfulQA's label set).
+    """
+
+    query: str
+    choices: tuple[str, ...]
+    gold: int | tuple[int, ...]
+    question: str = ""
+    options: tuple[str, ...] = ()
+    contexts: tuple[str, ...] = ()
+    target: str = ""
+    meta: tuple[tuple[str, object], ...] = ()
+
+    def get(self, key: str, default=None):
+        return dict(self.meta).get(key, default)
+
+    def answer_text(self) -> str:
+        """The correct answer as it appears after the prompt in a few-shot example."""
+        if self.contexts:
+            return self.target
+        gold = self.gold[0] if isinstance(self.gold, tuple) else self.gold
+        return self.choices[gold]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark task: where its files are, how to read them, how to prompt and score them."""
+
+    name: str
+    family: str  # folder under the benchmark root, and the key for `data=` overrides
+    load: Callable[[Path, str], list[Item]]  # (family dir, split) -> items, in file order
+    eval_split: str
+    fewshot_split: str | None = None
+    shots: int = 0  # RECIPE §6 default; callers may override
+    sampler: str = "random"  # "random" (lm-eval default, seeded) or "first_n" (canonical order)
+    description: str = ""
+    metrics: tuple[str, ...] = ("acc", "acc_norm")
+    primary: str = "acc"  # the metric that enters category scores
+    target_delimiter: str = " "
+    fewshot_delimiter: str = "\n\n"
+    answer_prompt: str = "Answer:"  # letter mode: the line after the lettered options
+    output: str = "multiple_choice"
+
+
+@dataclass
+class Registry:
+    tasks: dict[str, Task] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, task: Task, *groups: str) -> None:
+        self.tasks[task.name] = task
+        for g in groups:
+            self.groups.setdefault(g, []).append(task.name)
+
+    def expand(self, names: list[str]) -> list[Task]:
+        """Task and group names -> tasks, in the order given, without duplicates."""
+        out: dict[str, Task] = {}
+        for name in names:
+            if name in self.tasks:
+                out[name] = self.tasks[name]
+            elif name in self.groups:
+                out.update((n, self.tasks[n]) for n in self.groups[name])
+            else:
+                known = sorted(set(self.tasks) | set(self.groups))
+                raise UserError(f"tasks: unknown task {name!r} (known: {', '.join(known)})")
+        return list(out.values())
+
+
+REGISTRY = Registry()
+
+
+def default_root() -> Path:
+    if env := os.environ.get("OPENHCX_BENCHMARKS"):
+        return Path(env)
+    return Path(__file__).resolve().parents[3].parent / "shared" / "benchmarks"
+
+
+def task_dir(task: Task, data_root: str | Path | None = None, data: dict[str, str] | None = None) -> Path:
+    if data and task.family in data:
+        return Path(data[task.family])
+    return Path(data_root or default_root()) / task.family
+
+
+def _register_all() -> None:
+    from openhcx.eval.tasks import (  # noqa: F401  (each module registers its tasks)
+        kobest,
+        mmlu,
+    )
+
+
+_register_all()

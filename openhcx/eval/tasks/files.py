@@ -1,0 +1,91 @@
+"""Readers for benchmark files exactly as their authors ship them, with errors naming file and line.
+
+TSV is split on tabs with no quoting (KoBEST and KoBBQ quote nothing and contain stray quotes), CRLF
+endings are tolerated; CSV goes through the csv module; JSON Lines are parsed line by line.
+Not here: any benchmark-specific field mapping (that lives in each family's module).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+from openhcx.io import UserError, require_file
+
+
+def _open(path: Path):
+    path = require_file(path, "benchmark file")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def read_tsv(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict[str, str]]]:
+    """Rows as (line number, {header: value}); every row must have as many fields as the header."""
+    path = Path(path)
+    with _open(path) as f:
+        lines = f.read().split("\n")
+    header = lines[0].rstrip("\r").split("\t")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise UserError(f"{path}:1: header lacks column(s) {missing} (found {header})")
+    rows = []
+    for n, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise UserError(f"{path}:{n}: expected {len(header)} tab-separated fields, found {len(fields)}")
+        rows.append((n, dict(zip(header, fields))))
+    return rows
+
+
+def read_csv(path: str | Path, width: int) -> list[tuple[int, list[str]]]:
+    """Rows as (line number, fields); each row must have `width` fields."""
+    path = Path(path)
+    rows = []
+    with _open(path) as f:
+        reader = csv.reader(f)
+        start = 1
+        for fields in reader:
+            if fields and len(fields) != width:
+                raise UserError(f"{path}:{start}: expected {width} comma-separated fields, found {len(fields)}")
+            if fields:
+                rows.append((start, fields))
+            start = reader.line_num + 1
+    return rows
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    path = Path(path)
+    rows = []
+    with _open(path) as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{path}:{n}: expected a JSON object per line")
+            rows.append((n, obj))
+    return rows
+
+
+def field(path: Path, line: int, row: dict, key: str):
+    """row[key], or an error naming the file, line and missing key."""
+    try:
+        return row[key]
+    except KeyError:
+        raise UserError(f"{path}:{line}: missing field {key!r}") from None
+
+
+def label(path: Path, line: int, value: str, mapping: dict[str, int]) -> int:
+    try:
+        return mapping[value.strip()]
+    except KeyError:
+        raise UserError(f"{path}:{line}: unexpected label {value!r} (expected one of {sorted(mapping)})") from None
