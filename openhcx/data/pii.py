@@ -44,7 +44,7 @@ _PHONE = re.compile(
     + rf"|(?:\({_KR_PREFIX}\) ?|{_KR_PREFIX}{_SEP})\d{{3,4}}{_SEP}\d{{4}}"
     # 01012345678
     + r"|01[016789]\d{7,8}"
-    # +1 415 555 0123, +44 20 7946 0958 (total digits checked in _drop_phone)
+    # +1 415 555 0123, +44 20 7946 0958 (total digits checked in scrub_phones)
     + rf"|\+(?!82)[1-9]\d{{0,2}}(?:{_SEP}?(?:\(\d{{1,4}}\)|\d{{1,4}})){{2,6}}"
     # (415) 555-0123, 415-555-0123, 1-800-555-0199
     + rf"|(?:1{_SEP})?(?:\([2-9]\d\d\) ?|[2-9]\d\d([-.]))[2-9]\d\d(?(1)\1|{_SEP})\d{{4}}"
@@ -69,21 +69,17 @@ def scrub_emails(text: str) -> tuple[str, int]:
     return _EMAIL.subn(lambda m: f"{EMAIL_PLACEHOLDER}@{m.group(1)}", text)
 
 
-def _drop_phone(match: re.Match) -> str:
-    # International numbers have 8 to 15 digits (E.164); fewer is a score or a formula, keep it.
-    digits = sum(c.isdigit() for c in match.group(0))
-    return match.group(0) if digits < 8 or digits > 15 else ""
-
-
 def scrub_phones(text: str) -> tuple[str, int]:
     """Remove phone numbers; returns the new text and the number removed."""
     count = 0
 
     def drop(match: re.Match) -> str:
         nonlocal count
-        replacement = _drop_phone(match)
-        count += replacement == ""
-        return replacement
+        # Phone numbers have 8 to 15 digits (E.164); fewer is a score or a formula, so keep it.
+        if not 8 <= sum(c.isdigit() for c in match.group(0)) <= 15:
+            return match.group(0)
+        count += 1
+        return ""
 
     return _PHONE.sub(drop, text), count
 
