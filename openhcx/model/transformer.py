@@ -271,9 +271,7 @@ def positions_in_documents(doc_ids: Tensor) -> Tensor:
     return idx - torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=-1).values
 
 
-def attention_mask(
-    T: int, attn_mask: Tensor | None, doc_ids: Tensor | None, cache: KVCache | None, device
-) -> Tensor | None:
+def attention_mask(T: int, doc_ids: Tensor | None, cache: KVCache | None, device) -> Tensor | None:
     """Boolean (B, 1, T, S) mask of allowed keys, or None when plain causal attention is exact.
 
     Every query may see itself, so rows of pad tokens never become all -inf (NaN) and cannot leak NaN
@@ -287,7 +285,7 @@ def attention_mask(
         causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
         return (same_doc & causal)[:, None]
     start, end = cache.length, cache.length + T
-    if attn_mask is None and not cache.padded:
+    if not cache.padded:
         # No padding anywhere: a lone query sees every key, a first chunk is plain causal (is_causal).
         return None if T == 1 or start == 0 else _causal_offset(T, end, device)[None, None]
     keys_real = cache.valid[:, :end]
@@ -377,7 +375,7 @@ class Transformer(nn.Module):
         if positions is None:
             positions = self._default_positions(B, T, attn_mask, doc_ids, cache, ids.device)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        mask = attention_mask(T, attn_mask, doc_ids, cache, ids.device)
+        mask = attention_mask(T, doc_ids, cache, ids.device)
         h = self.model.embed_tokens(ids)
         for i, layer in enumerate(self.model.layers):
             h = layer(h, cos, sin, mask, cache, i)
