@@ -98,6 +98,6 @@ class LossCurve(Callback):
         self.metrics, self.png = Path(metrics), Path(png)
 
     def on_train_end(self, trainer: Trainer) -> None:
-        rows = read_metrics(self.metrics)
-        if trainer.world.is_main and rows:
+        rows = read_metrics(self.metrics) if trainer.world.is_main else []
+        if rows:
             plot_loss(rows, self.png)

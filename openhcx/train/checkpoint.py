@@ -145,8 +145,8 @@ def save(trainer: Trainer, path: Path, model_config: ModelConfig, tokenizer_dir:
         barrier(world)
         return path
     with atomic_dir(path, overwrite=True) as tmp:
-        broadcast_object(str(tmp), world)
         (tmp / STATE_DIR).mkdir()
+        broadcast_object(str(tmp), world)
         write_json(tmp / STATE_DIR / "rank-0.json", local)
         write_checkpoint(weights, model_config, tmp, tokenizer_dir)
         tensors, meta = split_optimizer_state(optimizer)

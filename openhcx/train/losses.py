@@ -7,7 +7,6 @@ the world size because DDP and FSDP average gradients over ranks).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -15,6 +15,7 @@ stays fixed for the whole run; raise it (e.g. 500000) in `model_overrides` for l
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -136,8 +137,6 @@ def pretrain(
 
 def plan_pretraining(args: dict, world_size: int | None = None) -> PretrainPlan:
     """Validate the command's arguments into a plan; raises UserError naming the bad key or file."""
-    import os
-
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     special = tokenizer_ids(args["tokenizer"])
     overrides = {**special, **(args["model_overrides"] or {})}
@@ -149,6 +148,9 @@ def plan_pretraining(args: dict, world_size: int | None = None) -> PretrainPlan:
     train.validate(world_size, config.max_seq_len)
     if args["parallel"] not in PARALLEL:
         raise UserError(f"parallel={args['parallel']!r}: expected one of {PARALLEL}")
+    for key, low in (("checkpoint_every", 0), ("keep_checkpoints", 1)):
+        if args[key] < low:
+            raise UserError(f"{key}={args[key]}: must be at least {low}")
     out = Path(args["out"])
     if not args["resume"] and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         raise UserError(f"{out}: holds checkpoints of an earlier run; pass resume=true or choose another out")

@@ -163,8 +163,9 @@ LossFn = Callable[[nn.Module, object], tuple[Tensor, Tensor]]  # (model, micro-b
 class Trainer:
     """Owns the model, optimizer and data position; `fit` runs steps from `self.step` to `config.steps`.
 
-    The loader yields this rank's rows of each global batch: a dataclass of (rows, T) tensors with a
-    `targets` field (IGNORE_INDEX where no loss is taken).
+    `loader.next_batch(rows, seq_len)` returns this rank's `rows` of the step's global batch: a dataclass
+    of (rows, T) tensors with a `targets` field (IGNORE_INDEX where no loss is taken); `state_dict` and
+    `load_state_dict` make its position part of a checkpoint.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, loader, loss_fn: LossFn, world: World,
