@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -46,8 +45,8 @@ if TYPE_CHECKING:
 SPLITS = ("train", "heldout", "heldout_fim")
 CODE_LABEL = "code"
 """The corpus label whose held-out documents become the infilling set."""
-_BATCH_DOCS = 512
-"""Documents encoded per tokenizer call: amortises the analyzer's worker pool, bounds memory."""
+_BATCH_CHARS = 1 << 18
+"""Characters encoded per tokenizer call: amortises the analyzer's worker pool, bounds memory."""
 _WRITE_BUFFER = 1 << 20
 
 
@@ -151,7 +150,7 @@ def encoded(
     texts: Iterator[str], plan: Callable[[str], FimSample], tok: Tokenizer, mode: Mode, workers: int, dtype: np.dtype
 ) -> Iterator[tuple[FimSample, np.ndarray]]:
     """(sample, training ids) per text; the parts of a batch of documents go to the tokenizer in one call."""
-    while batch := list(itertools.islice(texts, _BATCH_DOCS)):
+    while batch := _take_chars(texts, _BATCH_CHARS):
         samples = [plan(text) for text in batch]
         ids = tok.encode_batch([part for s in samples for part in s.parts()], mode, workers)
         start = 0
@@ -159,6 +158,17 @@ def encoded(
             n = len(sample.parts())
             yield sample, np.asarray(layout(sample.mode, ids[start : start + n]), dtype=dtype)
             start += n
+
+
+def _take_chars(texts: Iterator[str], limit: int) -> list[str]:
+    """The next texts up to `limit` characters in all (at least one text, unless `texts` is exhausted)."""
+    batch, size = [], 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= limit:
+            break
+    return batch
 
 
 def mixed(
