@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from jsonargparse import CLI
+from jsonargparse import CLI, set_parsing_settings
 
 from openhcx.io import UserError
 
@@ -20,6 +20,9 @@ COMMANDS = {
     "tokenizer train": "openhcx.tokenizer.train:train_tokenizer",
     "tokenizer report": "openhcx.tokenizer.report:tokenizer_report",
 }
+
+
+set_parsing_settings(docstring_parse_attribute_docstrings=True)  # dataclass field docs show in --help
 
 
 def _load(target: str):

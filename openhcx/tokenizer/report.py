@@ -100,7 +100,7 @@ def tokenizer_report(
         corpus: Corpus directory whose held-out split is measured.
         baseline: A plain byte-level BPE directory trained on the same corpus at the same vocabulary size.
         refs_dir: Folder with the reference tokenizer files (see README); missing ones are listed, not hidden.
-        labels: Corpus labels to measure (default: ko, en and code where present).
+        labels: Corpus labels to measure (default: every label in the held-out split).
         max_docs: At most this many held-out documents per label.
         out: Write report.md and report.json into this directory.
     """
@@ -108,7 +108,7 @@ def tokenizer_report(
     from openhcx.tokenizer.references import load_references
 
     docs: dict[str, list[str]] = defaultdict(list)
-    for d in iter_documents(corpus, "heldout", labels or ["ko", "en", "code"]):
+    for d in iter_documents(corpus, "heldout", labels):
         if len(docs[d.label]) < max_docs:
             docs[d.label].append(d.text)
     ours = Tokenizer.load(tokenizer)
