@@ -20,7 +20,7 @@ import random
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -77,7 +77,7 @@ def pretrain(
     beta2: float = 0.95,
     grad_clip: float = 1.0,
     doc_masking: bool = True,
-    parallel: str = "fsdp",
+    parallel: Literal["ddp", "fsdp"] = "fsdp",
     compile: bool = False,
     seed: int = 0,
     checkpoint_every: int = 50,
