@@ -19,6 +19,7 @@ COMMANDS = {
     "corpus build": "openhcx.data.corpus:build_corpus",
     "tokenizer train": "openhcx.tokenizer.train:train_tokenizer",
     "tokenizer report": "openhcx.tokenizer.report:tokenizer_report",
+    "pretrain": "openhcx.train.pretrain:pretrain",
 }
 
 

@@ -1,0 +1,1 @@
+"""Stage orchestration: experiment tracking, events, the recipe runner."""
