@@ -20,6 +20,8 @@ COMMANDS = {
     "tokenizer train": "openhcx.tokenizer.train:train_tokenizer",
     "tokenizer report": "openhcx.tokenizer.report:tokenizer_report",
     "pretrain": "openhcx.train.pretrain:pretrain",
+    "import-hf": "openhcx.model.hf:import_hf",
+    "export": "openhcx.model.hf:export",
 }
 
 
