@@ -183,7 +183,7 @@ def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int
     cats = category_scores({k: v.metrics.get(v.primary) for k, v in results.items()},
                            {k: v.n for k, v in results.items()})
     config = dict(tasks=tasks, shots=shots, limit=limit, mode=mode, seed=seed, dtype=dtype, device=device,
-                  batch_tokens=batch_tokens, data_root=data_root, data=data)
+                  batch_tokens=batch_tokens, data_root=str(data_root) if data_root else None, data=data)
     final = EvalResults(model=model, mode=mode, tasks=results, categories=cats,
                         overall=overall(cats), config=config,
                         seconds=time.time() - start)

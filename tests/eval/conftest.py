@@ -45,19 +45,33 @@ def smol():
     return load_hf(path)
 
 
+def _tiny_tokenizer():
+    """A 512-token byte-level BPE (every text encodes); small so the tiny model runs in milliseconds."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = ["The following are multiple choice questions (with answers) about anatomy. Answer: A B C D",
+            "전쟁이 시작되었다. 병사들이 전투에 파견되었다. 질문: 답변: 예 아니오 문장: 긍정 부정 그래서 왜냐하면"] * 20
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"],
+                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
 @pytest.fixture(scope="session")
-def tiny_ckpt(smol, tmp_path_factory) -> Path:
-    """A tiny random Llama saved as an HF directory with SmolLM2's tokenizer: an OpenHCX checkpoint's shape."""
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A random 2-layer Llama in a plain Hugging Face directory: the shape of an OpenHCX checkpoint."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    _, tok = smol
+    tok = _tiny_tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                       tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    model = LlamaForCausalLM(cfg)
     out = tmp_path_factory.mktemp("tiny_ckpt")
-    model.save_pretrained(out)
+    LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
