@@ -113,7 +113,11 @@ def test_draws_are_reproducible():
     assert a == b and a != c
 
 
-MIXED = "서울특별시에서 홍길동이 왔어요 😀 ok\nnaïve café — 東京 e\u0301\n    return {'키': 값}  # 주석 🇰🇷\n"
+MIXED = (
+    "서울특별시에서 홍길동이 왔어요 😀 ok\n"
+    "naïve café — 東京 e\u0301\n"
+    "    return {'키': 값}  # 주석 🇰🇷\n"
+)
 
 
 @pytest.mark.parametrize("mode", ["exact", "portable"])
@@ -151,7 +155,8 @@ def test_plain_sample_has_the_whole_text():
 
 
 @pytest.mark.parametrize(
-    "kwargs, key", [({"rate": 1.5}, "fim.rate"), ({"spm_rate": -0.1}, "fim.spm_rate"), ({"split": "halves"}, "fim.split")]
+    "kwargs, key",
+    [({"rate": 1.5}, "fim.rate"), ({"spm_rate": -0.1}, "fim.spm_rate"), ({"split": "halves"}, "fim.split")],
 )
 def test_bad_config_names_the_key(kwargs, key):
     with pytest.raises(UserError, match=key):

@@ -306,9 +306,9 @@ def build_shards(
     corpus_dir, tok_dir = Path(corpus), Path(tokenizer)
     labels = _corpus_manifest(corpus_dir)["labels"]
     weights = mixture_weights(mixture, labels)
-    for name, value, low in (("workers", workers, 1), ("shard_tokens", shard_tokens, 1), ("max_repeats", max_repeats, 1)):
-        if value < low:
-            raise UserError(f"{name}: {value} must be at least {low}")
+    for name, value in (("workers", workers), ("shard_tokens", shard_tokens), ("max_repeats", max_repeats)):
+        if value < 1:
+            raise UserError(f"{name}: {value} must be at least 1")
     if max_tokens is not None and max_tokens < 1:
         raise UserError(f"max_tokens: {max_tokens} must be at least 1")
     if mode not in ("exact", "portable"):
@@ -452,7 +452,8 @@ class TokenLoader:
         self.tokens = int(self._starts[-1])
         if self.tokens == 0:
             raise UserError(f"{shard_dir}: split '{split}' holds no tokens")
-        self.split, self.seed, self.rank, self.world_size, self.chunk_tokens = split, seed, rank, world_size, chunk_tokens
+        self.split, self.seed, self.chunk_tokens = split, seed, chunk_tokens
+        self.rank, self.world_size = rank, world_size
         self.eot_id = manifest["eot_id"]
         self.epoch, self.offset = 0, 0
         self._orders: dict[int, np.ndarray] = {}
