@@ -111,8 +111,17 @@ def task_dir(task: Task, data_root: str | Path | None = None, data: dict[str, st
 
 def _register_all() -> None:
     from openhcx.eval.tasks import (  # noqa: F401  (each module registers its tasks)
+        agieval,
+        arc,
+        bbq,
+        clickbench,
+        commonsense,
+        haerae,
+        kmmlu,
         kobest,
         mmlu,
+        truthfulqa,
+        xnli,
     )
 
 

@@ -89,3 +89,32 @@ def label(path: Path, line: int, value: str, mapping: dict[str, int]) -> int:
         return mapping[value.strip()]
     except KeyError:
         raise UserError(f"{path}:{line}: unexpected label {value!r} (expected one of {sorted(mapping)})") from None
+
+
+def read_csv_dicts(path: str | Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """A CSV with a header row, as (line number, {column: value}); `required` columns must be present."""
+    path = Path(path)
+    rows = read_csv(path, width=len(_header(path)))
+    header = rows[0][1] if rows else []
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise UserError(f"{path}:1: header lacks column(s) {missing} (found {header})")
+    return [(n, dict(zip(header, fields))) for n, fields in rows[1:]]
+
+
+def _header(path: Path) -> list[str]:
+    with _open(path) as f:
+        return next(csv.reader(f), [])
+
+
+def read_records(root: Path, stem: str) -> list[tuple[Path, int, dict]]:
+    """Records of `<stem>.jsonl`, or of the Hub's `<stem>-*.parquet` shards, as (file, line or row, record)."""
+    jsonl = root / f"{stem}.jsonl"
+    if jsonl.exists():
+        return [(jsonl, n, r) for n, r in read_jsonl(jsonl)]
+    shards = sorted(root.glob(f"{stem}-*.parquet"))
+    if not shards:
+        raise UserError(f"{jsonl}: benchmark file not found (nor {stem}-*.parquet)")
+    import pyarrow.parquet as pq
+
+    return [(p, i + 1, r) for p in shards for i, r in enumerate(pq.read_table(p).to_pylist())]
