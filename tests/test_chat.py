@@ -164,7 +164,8 @@ def test_bad_records_in_other_formats(tmp_path):
     path = write(tmp_path, "a.jsonl", [{"instruction": "x", "output": "y"}, {"instruction": "x", "input": "z"}])
     with pytest.raises(BadRecord, match=r"a.jsonl:2: missing field 'output'"):
         read_conversations(path)
-    path = write(tmp_path, "s.jsonl", [{"conversations": [{"from": "human", "value": "q"}, {"from": "bot", "value": "a"}]}])
+    turns = [{"from": "human", "value": "q"}, {"from": "bot", "value": "a"}]
+    path = write(tmp_path, "s.jsonl", [{"conversations": turns}])
     with pytest.raises(BadRecord, match=r"s.jsonl:1: conversations\[1\]: unknown from 'bot' \(human, gpt, system\)"):
         read_conversations(path)
     csv_path = tmp_path / "qa.csv"

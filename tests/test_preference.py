@@ -118,8 +118,10 @@ def test_real_hh_rlhf_harmless_base(shared_path):
     # the canonical split (at the last "\n\nAssistant:" of each side) agrees wherever it gives one prompt
     with gzip.open(path, "rt", encoding="utf-8") as f:
         raw = [json.loads(line) for line in f]
-    same = [i for i, r in enumerate(raw)
-            if r["chosen"][: r["chosen"].rfind("\n\nAssistant:")] == r["rejected"][: r["rejected"].rfind("\n\nAssistant:")]]
+    def last_cut(text):
+        return text[: text.rfind("\n\nAssistant:")]
+
+    same = [i for i, r in enumerate(raw) if last_cut(r["chosen"]) == last_cut(r["rejected"])]
     assert len(same) == 2307
     for i in same:
         cut = raw[i]["chosen"].rfind("\n\nAssistant:") + len("\n\nAssistant:")

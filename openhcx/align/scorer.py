@@ -6,7 +6,7 @@ as numbers rather than impressions. Each applicable check gives a part in [0, 1]
 | part | applies | 1.0 when |
 |---|---|---|
 | answer | the record has an `answer` | the expected integer appears, and no other integer that the question lacks |
-| language | always | the response is in the question's language: Hangul share of its letters > 0.5 for ko, < 0.5 for en (no letters: 1.0) |
+| language | always | Hangul share of its letters > 0.5 for a ko question, < 0.5 for en (no letters: 1.0) |
 | polite | `polite` | the share of its Korean sentences that end in -요 or -니다 (0.0 when it has none) |
 | repetition | always | no whitespace-word 4-gram occurs twice (words lower-cased, outer punctuation stripped) |
 | length | always | 1 <= stripped length <= `max_chars` characters (default 120) |

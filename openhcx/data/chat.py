@@ -305,7 +305,7 @@ def read_qa_csv(path: str | Path, question: str = "Q", answer: str = "A") -> Ite
         for row in reader:
             where, start = f"{path}:{start}", reader.line_num + 1
             if row[answer] is None or row[question] is None:
-                yield where, BadRecord("missing_field", f"row has fewer columns than the header")
+                yield where, BadRecord("missing_field", "row has fewer columns than the header")
             else:
                 yield where, [Message("user", row[question]), Message("assistant", row[answer])]
 
