@@ -19,6 +19,7 @@ COMMANDS = {
     "corpus build": "openhcx.data.corpus:build_corpus",
     "tokenizer train": "openhcx.tokenizer.train:train_tokenizer",
     "tokenizer report": "openhcx.tokenizer.report:tokenizer_report",
+    "shards build": "openhcx.data.shards:build_shards",
     "pretrain": "openhcx.train.pretrain:pretrain",
     "import-hf": "openhcx.model.hf:import_hf",
     "export": "openhcx.model.hf:export",
@@ -28,7 +29,7 @@ COMMANDS = {
 set_parsing_settings(docstring_parse_attribute_docstrings=True)  # dataclass field docs show in --help
 
 
-def _load(target: str):
+def load_function(target: str):
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)
 
@@ -36,7 +37,7 @@ def _load(target: str):
 def usage() -> str:
     lines = ["usage: openhcx <command> [--help] [--config FILE.yaml] [--key value ...]", "", "commands:"]
     for name, target in COMMANDS.items():
-        doc = (_load(target).__doc__ or "").strip().splitlines()
+        doc = (load_function(target).__doc__ or "").strip().splitlines()
         lines.append(f"  {name:<20} {doc[0] if doc else ''}")
     return "\n".join(lines)
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(), file=sys.stdout if argv[:1] in ([], ["-h"], ["--help"]) else sys.stderr)
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     try:
-        CLI(_load(COMMANDS[name]), args=argv[len(name.split()):], prog=f"openhcx {name}", as_positional=False)
+        CLI(load_function(COMMANDS[name]), args=argv[len(name.split()):], prog=f"openhcx {name}", as_positional=False)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

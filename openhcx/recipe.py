@@ -35,7 +35,7 @@ def stage_args(fn: Callable, section: dict, where: str, **fixed) -> dict:
     return _parser(fn).instantiate_classes(ns).as_dict() if isinstance(ns, Namespace) else dict(ns)
 
 
-def load_recipe(path: str | Path, stages: dict[str, Callable]) -> dict[str, dict]:
+def load_recipe(path: str | Path, stages: set[str]) -> dict[str, dict]:
     path = require_file(path, "recipe")
     try:
         recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -45,38 +45,56 @@ def load_recipe(path: str | Path, stages: dict[str, Callable]) -> dict[str, dict
         raise UserError(f"{path}: a recipe is a mapping of stage name to arguments")
     unknown = sorted(set(recipe) - set(stages))
     if unknown:
-        raise UserError(f"{path}: unknown section '{unknown[0]}' (known: {', '.join(stages)})")
+        raise UserError(f"{path}: unknown section '{unknown[0]}' (known: {', '.join(sorted(stages))})")
     return recipe
 
 
+def plan(run_dir: Path) -> list[tuple[str, str, str, dict]]:
+    """The flow in order: (recipe section, function, output name, arguments the runner fixes)."""
+    corpus, tok, base = str(run_dir / "corpus"), str(run_dir / "tokenizer"), str(run_dir / "tokenizer-plain-bpe")
+    return [
+        ("corpus", "openhcx.data.corpus:build_corpus", "corpus", dict(out=corpus, overwrite=True)),
+        ("tokenizer", "openhcx.tokenizer.train:train_tokenizer", "tokenizer",
+         dict(corpus=corpus, out=tok, overwrite=True)),
+        # The report compares with a plain byte-level BPE trained on the same corpus at the same size.
+        ("report", "openhcx.tokenizer.train:train_tokenizer", "tokenizer-plain-bpe",
+         dict(corpus=corpus, out=base, overwrite=True, morpheme_aware=False)),
+        ("report", "openhcx.tokenizer.report:tokenizer_report", "report",
+         dict(tokenizer=tok, corpus=corpus, baseline=base, out=str(run_dir / "report"))),
+        ("shards", "openhcx.data.shards:build_shards", "shards",
+         dict(corpus=corpus, tokenizer=tok, out=str(run_dir / "shards"), overwrite=True)),
+        ("pretrain", "openhcx.train.pretrain:pretrain", "base",
+         dict(shards=str(run_dir / "shards"), tokenizer=tok, out=str(run_dir / "base"))),
+    ]
+
+
 def run(recipe: str = "recipes/tiny.yaml", out: str = "runs/demo") -> None:
-    """Run the whole flow of a recipe: corpus -> tokenizer (and its plain-BPE baseline) -> report.
+    """Run the stages of a recipe in flow order: corpus -> tokenizer (+ report) -> shards -> pretrain.
+
+    A stage runs when the recipe has its section (an empty section takes the defaults); the tokenizer's
+    section also sets the plain-BPE baseline the report compares with.
 
     Args:
-        recipe: YAML file with one section per stage (corpus, tokenizer, report).
+        recipe: YAML file with one section per stage (corpus, tokenizer, report, shards, pretrain).
         out: Run directory; each stage writes its artifact into a subdirectory and replaces an older one.
     """
-    from openhcx.data.corpus import build_corpus
-    from openhcx.tokenizer.report import tokenizer_report
-    from openhcx.tokenizer.train import train_tokenizer
+    from openhcx.cli import load_function
 
-    stages = {"corpus": build_corpus, "tokenizer": train_tokenizer, "report": tokenizer_report}
-    sections = load_recipe(recipe, stages)
-    run_dir = Path(out)
-    corpus, tok, base = run_dir / "corpus", run_dir / "tokenizer", run_dir / "tokenizer-plain-bpe"
+    steps = plan(Path(out))
+    sections = load_recipe(recipe, {name for name, *_ in steps})
+    calls = []
     # Validate every section before the first stage starts: a typo must not cost a long run.
-    plan = [
-        ("corpus", build_corpus, dict(out=str(corpus), overwrite=True)),
-        ("tokenizer", train_tokenizer, dict(corpus=str(corpus), out=str(tok), overwrite=True)),
-        ("tokenizer", train_tokenizer,
-         dict(corpus=str(corpus), out=str(base), overwrite=True, morpheme_aware=False)),
-        ("report", tokenizer_report,
-         dict(tokenizer=str(tok), corpus=str(corpus), baseline=str(base), out=str(run_dir / "report"))),
-    ]
-    calls = [(name, fn, stage_args(fn, sections.get(name) or {}, f"{recipe}:{name}", **fixed))
-             for name, fn, fixed in plan]
-    for name, fn, args in calls:
+    for name, target, artifact, fixed in steps:
+        if name not in sections:
+            continue
+        section = dict(sections[name] or {})
+        if target.endswith("train_tokenizer") and artifact != "tokenizer":
+            # The baseline shares the tokenizer's vocabulary size and corpus filters.
+            section = {k: v for k, v in (sections.get("tokenizer") or {}).items() if k != "morpheme_aware"}
+        fn = load_function(target)
+        calls.append((artifact, fn, stage_args(fn, section, f"{recipe}:{name}", **fixed)))
+    for artifact, fn, args in calls:
         start = time.perf_counter()
-        print(f"== {name}: {fn.__name__}", flush=True)
+        print(f"== {artifact}: {fn.__name__}", flush=True)
         fn(**args)
-        print(f"== {name} done in {time.perf_counter() - start:.1f}s", flush=True)
+        print(f"== {artifact} done in {time.perf_counter() - start:.1f}s", flush=True)
