@@ -56,3 +56,21 @@ def test_accumulated_gradient_equals_whole_batch_gradient():
     for rows in (slice(0, 1), slice(1, 3)):
         (token_cross_entropy(logits[rows], targets[rows])[0] / count).backward()
     assert torch.allclose(logits.grad, whole, atol=1e-7)
+
+
+def test_bradley_terry_loss_by_hand_and_its_gradient_widens_the_margin():
+    from openhcx.train.losses import bradley_terry_loss
+
+    # Margin 0 -> -log(1/2) = ln 2. Margin -ln 3 -> -log(1/(1+3)) = ln 4. Sum 3 ln 2 over 2 pairs.
+    chosen = torch.tensor([1.0, 0.0], requires_grad=True)
+    rejected = torch.tensor([1.0, LN3], requires_grad=True)
+    total, count = bradley_terry_loss(chosen, rejected)
+    assert count.item() == 2
+    assert abs(total.item() - 3 * LN2) < 1e-6
+    total.backward()
+    # d/d r_chosen = -(1 - sigmoid(margin)): -1/2 at margin 0, -3/4 at margin -ln 3; rejected the opposite.
+    assert torch.allclose(chosen.grad, torch.tensor([-0.5, -0.75]))
+    assert torch.allclose(rejected.grad, torch.tensor([0.5, 0.75]))
+    # A huge margin either way stays finite (logsigmoid, not log of sigmoid).
+    far, _ = bradley_terry_loss(torch.tensor([-200.0]), torch.tensor([200.0]))
+    assert abs(far.item() - 400.0) < 1e-3

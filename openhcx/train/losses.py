@@ -38,3 +38,13 @@ def token_weighted_mean(sums: Tensor, counts: Tensor) -> Tensor:
     micro-batches score different numbers of tokens.
     """
     return sums.sum() / counts.sum().clamp(min=1)
+
+
+def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed ranking loss -log sigmoid(r_chosen - r_rejected) over pairs, and the number of pairs.
+
+    chosen, rejected: (pairs,) scalar rewards. Computed in fp32 through logsigmoid, which stays finite for
+    any margin. Sum and count, like `token_cross_entropy`, so micro-batches and ranks weigh pairs equally.
+    """
+    total = -F.logsigmoid(chosen.float() - rejected.float()).sum()
+    return total, chosen.new_tensor(chosen.numel()).long()
