@@ -165,6 +165,7 @@ def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int
     samples/<task>.jsonl, the resumable cache.jsonl and manifest.json; rerunning the same command
     after a crash resumes from the cache. data_root/data: where benchmark files live (see tasks/).
     tracking_uri (or env MLFLOW_TRACKING_URI): also log parameters, scores and files to MLflow.
+    backend: an already-built backend to use instead of loading `model` (embedding, tests).
     """
     if mode not in MODES:
         raise UserError(f"mode: {mode!r} is not one of {MODES}")
