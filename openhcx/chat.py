@@ -1,0 +1,353 @@
+"""Terminal front ends for any checkpoint: `openhcx generate` (prompts in, completions out) and `openhcx chat`.
+
+Both load a HF Llama directory into our Transformer and decode with openhcx.model.generate, so what a user
+sees is exactly what the library computes. The text side comes from the directory itself: an OpenHCX
+tokenizer (its special tokens sit at the fixed ids 0..31) encodes with our Tokenizer and renders chats with
+`render_prompt`; any other tokenizer goes through transformers' AutoTokenizer and its chat template.
+A single prompt and every chat reply stream to the terminal token by token.
+
+Not here: serving over HTTP (openhcx.serve), batching across users, and conversation files (openhcx.data.chat
+reads those for training).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Sequence, TextIO
+
+from openhcx.io import UserError, require_file
+from openhcx.model.generate import Completion, FimTokens, Sampling, psm_prompt
+from openhcx.model.generate import generate as decode_ids
+from openhcx.model.hf import DTYPES, load_checkpoint
+from openhcx.model.transformer import Transformer
+from openhcx.tokenizer.tokenizer import (
+    ENDOFTURN, EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, NUM_RESERVED, PAD, SPECIAL_TOKENS, Tokenizer,
+)
+
+# Sentinel spellings: ours, then StarCoder's (SmolLM2 and other code models use those).
+FIM_NAMES = {"prefix": (FIM_PREFIX, "<fim_prefix>"), "suffix": (FIM_SUFFIX, "<fim_suffix>"),
+             "middle": (FIM_MIDDLE, "<fim_middle>")}
+END_OF_TURN_NAMES = (ENDOFTURN, "<|im_end|>", "<|eot_id|>", "<end_of_turn>")
+COMMANDS = ("/reset", "/exit")
+
+
+@dataclass(frozen=True)
+class TextCodec:
+    """Everything the front ends need from a tokenizer, whichever library provides it."""
+
+    encode: Callable[[str], list[int]]
+    decode: Callable[[list[int]], str]
+    chat_prompt: Callable[[list[dict]], list[int]]
+    """messages ({"role", "content"}, ending with a user turn) -> ids ending with the assistant's opening."""
+    end_ids: tuple[int, ...]
+    """Ids that end a document (plain generation and infill stop here)."""
+    turn_end_ids: tuple[int, ...]
+    """Ids that end an assistant turn (chat stops here): end-of-turn tokens and end ids."""
+    pad_id: int
+    fim: FimTokens | None
+    kind: str  # "openhcx" or "transformers"
+
+
+def is_openhcx_tokenizer(directory: Path) -> bool:
+    """An OpenHCX tokenizer keeps its special tokens at ids 0..31 (our manifest alone is not in checkpoints)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        return False
+    try:
+        hf = HFTokenizer.from_file(str(path))
+    except Exception:  # tokenizers raises a bare Exception; transformers may still read the directory
+        return False
+    return [hf.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(NUM_RESERVED))
+
+
+def morpheme_aware(directory: Path) -> bool:
+    """Whether the tokenizer was trained on morpheme pieces: from a tokenizer manifest, or the one the
+    checkpoint's manifest names as its input. Without either, encode as any HF consumer would (portable)."""
+    manifest = directory / "manifest.json"
+    for _ in range(2):
+        if not manifest.is_file():
+            return False
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+        if "morpheme_aware" in record:
+            return bool(record["morpheme_aware"])
+        source = (record.get("inputs") or {}).get("tokenizer")
+        if not source:
+            return False
+        manifest = Path(source) / "manifest.json"
+    return False
+
+
+def openhcx_codec(directory: Path) -> TextCodec:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from openhcx.data.chat import Message, render_prompt
+
+    tok = Tokenizer(HFTokenizer.from_file(str(directory / "tokenizer.json")), morpheme_aware=morpheme_aware(directory))
+
+    def chat_prompt(messages: list[dict]) -> list[int]:
+        return render_prompt([Message(m["role"], m["content"]) for m in messages], tok)
+
+    eot = tok.id(EOT)
+    fim = FimTokens(tok.id(FIM_PREFIX), tok.id(FIM_SUFFIX), tok.id(FIM_MIDDLE), eot)
+    return TextCodec(encode=tok.encode, decode=tok.decode, chat_prompt=chat_prompt, end_ids=(eot,),
+                     turn_end_ids=(tok.id(ENDOFTURN), eot), pad_id=tok.id(PAD), fim=fim, kind="openhcx")
+
+
+def transformers_codec(directory: Path, eos_ids: Sequence[int]) -> TextCodec:
+    """AutoTokenizer from the directory; `eos_ids` from config.json / generation_config.json."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{directory}: no tokenizer transformers can load ({e})") from e
+    vocab = tok.get_vocab()
+
+    def first_known(names: Iterable[str]) -> int | None:
+        return next((vocab[n] for n in names if n in vocab), None)
+
+    def chat_prompt(messages: list[dict]) -> list[int]:
+        if not tok.chat_template:
+            raise UserError(f"{directory}: the tokenizer has no chat template (tokenizer_config.json chat_template)")
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    ends = tuple(dict.fromkeys([*eos_ids, *([tok.eos_token_id] if tok.eos_token_id is not None else [])]))
+    turn_end = first_known(END_OF_TURN_NAMES)
+    sentinels = {part: first_known(names) for part, names in FIM_NAMES.items()}
+    fim = None
+    if None not in sentinels.values() and ends:
+        fim = FimTokens(sentinels["prefix"], sentinels["suffix"], sentinels["middle"], ends[0])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (ends[0] if ends else 0)
+    return TextCodec(
+        encode=lambda text: tok(text)["input_ids"],
+        decode=lambda ids: tok.decode(ids, skip_special_tokens=False),
+        chat_prompt=chat_prompt, end_ids=ends,
+        turn_end_ids=tuple(dict.fromkeys(([turn_end] if turn_end is not None else []) + list(ends))),
+        pad_id=pad, fim=fim, kind="transformers",
+    )
+
+
+def _eos_ids(directory: Path) -> list[int]:
+    ids: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        path = directory / name
+        if path.is_file():
+            value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+            ids += value if isinstance(value, list) else [value] if value is not None else []
+    return list(dict.fromkeys(ids))
+
+
+def load(model: str, device: str = "cpu", dtype: str | None = None) -> tuple[Transformer, TextCodec]:
+    """Model (eval mode) and text codec of a checkpoint directory."""
+    directory = require_file(model, "model directory")
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+    net, _ = load_checkpoint(directory, dtype=DTYPES[dtype] if dtype else None, device=device)
+    codec = openhcx_codec(directory) if is_openhcx_tokenizer(directory) else transformers_codec(
+        directory, _eos_ids(directory))
+    return net.eval(), codec
+
+
+@dataclass
+class Streamer:
+    """Writes one row's text as its tokens arrive.
+
+    Text is held back while it ends inside a UTF-8 character (decodes to U+FFFD) or could be the start of
+    a stop string, so nothing printed ever has to be taken back. Stop ids are never printed.
+    """
+
+    codec: TextCodec
+    out: TextIO
+    stop_ids: tuple[int, ...]
+    stop_strings: tuple[str, ...] = ()
+    ids: list[int] = field(default_factory=list)
+    printed: str = ""
+
+    def __call__(self, row: int, token: int) -> None:
+        if token in self.stop_ids:
+            return
+        self.ids.append(token)
+        text = self.codec.decode(self.ids)
+        safe = len(text.rstrip("\ufffd"))
+        hold = max((len(s) - 1 for s in self.stop_strings), default=0)
+        self._write(text[: min(safe, len(text) - hold)])
+
+    def finish(self, final: str) -> None:
+        """Print what was held back (the completion's text is cut at any stop string)."""
+        self._write(final if final.startswith(self.printed) else self.printed)
+        self.out.write("\n")
+        self.out.flush()
+
+    def _write(self, text: str) -> None:
+        if len(text) > len(self.printed) and text.startswith(self.printed):
+            self.out.write(text[len(self.printed):])
+            self.out.flush()
+            self.printed = text
+
+
+def generate(
+    model: str,
+    prompt: list[str],
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    stop: list[str] | None = None,
+    seed: int | None = None,
+    infill_suffix: str | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
+) -> list[Completion]:
+    """Continue each prompt with a checkpoint and print the completions (a single prompt streams).
+
+    With `infill_suffix`, each prompt is the code before a gap and the suffix the code after it: the model
+    writes the middle from a PSM fill-in-the-middle prompt and stops at its end-of-text token.
+
+    Args:
+        model: Checkpoint directory (ours, or any HF Llama directory with safetensors and a tokenizer).
+        prompt: Prompts, decoded in one left-padded batch.
+        max_new_tokens: Most tokens to add to each prompt (prompt plus completion stay within the context).
+        temperature: 0 decodes greedily; above 0 samples.
+        top_k: Sample among the k most likely tokens (0: all).
+        top_p: Sample from the smallest set of tokens whose probability reaches top_p.
+        repetition_penalty: Above 1 discourages tokens already in the prompt or the completion.
+        stop: Strings that end a completion (cut before them).
+        seed: Seed for sampling; the same seed repeats the same completions.
+        infill_suffix: Text after the gap: fill in the middle between each prompt and this suffix.
+        device: Torch device, e.g. cpu or cuda.
+        dtype: Weight dtype (float32, bfloat16, float16); default: as saved.
+    """
+    return run_generate(*load(model, device, dtype), prompt, Sampling(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty, stop_strings=tuple(stop or ()), seed=seed,
+    ), infill_suffix, sys.stdout)
+
+
+def run_generate(net: Transformer, codec: TextCodec, prompts: Sequence[str], sampling: Sampling,
+                 infill_suffix: str | None, out: TextIO) -> list[Completion]:
+    if not prompts:
+        raise UserError("prompt: give at least one prompt")
+    if infill_suffix is None:
+        ids = [codec.encode(p) for p in prompts]
+    else:
+        if codec.fim is None:
+            raise UserError("infill_suffix: this tokenizer has no fill-in-the-middle tokens (<|fim_prefix|> ...)")
+        suffix = codec.encode(infill_suffix)
+        ids = [psm_prompt(codec.encode(p), suffix, codec.fim) for p in prompts]
+    empty = [i for i, row in enumerate(ids) if not row]
+    if empty:
+        raise UserError(f"prompt[{empty[0]}]: encodes to no tokens (give some text)")
+    sampling = replace(sampling, stop_ids=tuple(dict.fromkeys((*sampling.stop_ids, *codec.end_ids))))
+    streamer = Streamer(codec, out, sampling.stop_ids, sampling.stop_strings) if len(prompts) == 1 else None
+    done = decode_ids(net, ids, sampling, decode=codec.decode, on_token=streamer, pad_id=codec.pad_id)
+    if streamer is not None:
+        streamer.finish(done[0].text)
+    else:
+        for i, c in enumerate(done):
+            out.write(f"=== {i} ({c.finish_reason})\n{c.text}\n")
+        out.flush()
+    return done
+
+
+@dataclass
+class Turn:
+    """One exchange as the model saw it: the rendered prompt and the reply."""
+
+    prompt_ids: list[int]
+    reply: Completion
+
+
+def chat(
+    model: str,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.7,
+    top_k: int = 50,
+    top_p: float = 0.9,
+    repetition_penalty: float = 1.1,
+    seed: int | None = None,
+    show_prompt: bool = False,
+    device: str = "cpu",
+    dtype: str | None = None,
+) -> None:
+    """Talk to a checkpoint: each line read from stdin is a user turn, each reply streams back.
+
+    `/reset` starts a new conversation, `/exit` (or end of input) quits. Works with piped input too.
+
+    Args:
+        model: Checkpoint directory (ours, or any HF Llama directory with safetensors and a tokenizer).
+        system: System message; default: the tokenizer's chat template default (ours: the Korean preamble).
+        max_new_tokens: Most tokens per reply.
+        temperature: 0 decodes greedily; above 0 samples.
+        top_k: Sample among the k most likely tokens (0: all).
+        top_p: Sample from the smallest set of tokens whose probability reaches top_p.
+        repetition_penalty: Above 1 discourages repeating tokens.
+        seed: Seed for sampling: the same seed and input give the same conversation.
+        show_prompt: Write each turn's prompt token ids and reply ids to stderr as one JSON line.
+        device: Torch device, e.g. cpu or cuda.
+        dtype: Weight dtype (float32, bfloat16, float16); default: as saved.
+    """
+    net, codec = load(model, device, dtype)
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        repetition_penalty=repetition_penalty, seed=seed)
+    tty = sys.stdin.isatty()
+    if tty:
+        print("/reset starts over, /exit quits", file=sys.stderr)
+    run_chat(net, codec, sys.stdin, sys.stdout, sampling, system, prompt_mark="> " if tty else "",
+             log=sys.stderr if show_prompt else None)
+
+
+def run_chat(net: Transformer, codec: TextCodec, lines: Iterable[str], out: TextIO, sampling: Sampling,
+             system: str | None = None, prompt_mark: str = "", log: TextIO | None = None) -> list[Turn]:
+    """The chat loop over any line source; returns the turns it ran."""
+    sampling = replace(sampling, stop_ids=codec.turn_end_ids)
+    start = [{"role": "system", "content": system}] if system is not None else []
+    history, turns = list(start), []
+    reserve = min(sampling.max_new_tokens, net.config.max_seq_len // 4)
+    out.write(prompt_mark)
+    out.flush()
+    for line in lines:
+        text = line.rstrip("\r\n")
+        if text.strip() == "/exit":
+            break
+        if text.strip() == "/reset":
+            history = list(start)
+            out.write("(new conversation)\n")
+        elif text.strip():
+            history.append({"role": "user", "content": text})
+            ids = fit_context(codec, history, net.config.max_seq_len - reserve, len(start))
+            if ids is None:
+                history.pop()
+                out.write(f"(message too long for the {net.config.max_seq_len}-token context)\n")
+            else:
+                streamer = Streamer(codec, out, sampling.stop_ids)
+                reply = decode_ids(net, [ids], sampling, decode=codec.decode, on_token=streamer,
+                                   pad_id=codec.pad_id)[0]
+                streamer.finish(reply.text)
+                history.append({"role": "assistant", "content": reply.text})
+                turns.append(Turn(ids, reply))
+                if log is not None:
+                    log.write(json.dumps({"prompt_ids": ids, "reply_ids": reply.ids}) + "\n")
+                    log.flush()
+        out.write(prompt_mark)
+        out.flush()
+    return turns
+
+
+def fit_context(codec: TextCodec, history: list[dict], limit: int, keep: int) -> list[int] | None:
+    """The prompt of `history`, dropping the oldest exchanges (after the first `keep` messages) until it
+    fits in `limit` tokens; None when even the last user message alone does not fit."""
+    while True:
+        ids = codec.chat_prompt(history)
+        if len(ids) <= limit:
+            return ids
+        if len(history) - keep <= 1:
+            return None
+        del history[keep:keep + 2]
