@@ -7,6 +7,9 @@ the world size because DDP and FSDP average gradients over ranks).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -48,3 +51,150 @@ def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> tuple[Tensor, Tensor
     """
     total = -F.logsigmoid(chosen.float() - rejected.float()).sum()
     return total, chosen.new_tensor(chosen.numel()).long()
+
+
+# ---- RLHF (PPO) -------------------------------------------------------------------------------------------
+# Shapes: (B, R) over response tokens, `mask` 1 on real response tokens (a prefix of each row), 0 on padding.
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the positions where `mask` is 1 (0 when there are none)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """log p - log p_ref: unbiased per sampled token, can be negative; its sum over a response is the
+    sequence's log-ratio, so the per-token penalty adds up to an unbiased sequence KL. The PPO reward uses k1."""
+    return logp - ref_logp
+
+
+def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """0.5 (log p_ref - log p)^2: never negative, low variance, biased (Schulman's k2)."""
+    return 0.5 * (ref_logp - logp) ** 2
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """(r - 1) - log r with r = p_ref / p: unbiased and never negative (Schulman's k3)."""
+    log_ratio = ref_logp - logp
+    return log_ratio.exp() - 1 - log_ratio
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+
+
+def rewards_with_kl_penalty(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> tuple[Tensor, Tensor]:
+    """Per-token rewards: -kl_coef * KL on every response token, plus the reward-model score on the last one.
+
+    scores: (B,) one score per response; kl: (B, R) per-token KL estimate. Returns (rewards, penalty), both
+    0 on padding; penalty is the KL part alone (logged as the non-score reward).
+    """
+    penalty = -kl_coef * kl * mask
+    last = (torch.arange(mask.shape[1], device=mask.device) * mask.long()).argmax(-1)
+    rewards = penalty.clone()
+    rewards[torch.arange(mask.shape[0], device=mask.device), last] += scores.to(rewards.dtype)
+    return rewards, penalty
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) in one reverse pass over response tokens.
+
+    delta_t = r_t + gamma V_{t+1} - V_t and A_t = delta_t + gamma lam A_{t+1}, with V = 0 after a response's
+    last token (the episode ends there). Returns (advantages, returns = advantages + values), 0 on padding.
+    """
+    mask = mask.to(values.dtype)
+    values, rewards = values * mask, rewards * mask
+    steps = rewards.shape[1]
+    running = torch.zeros_like(rewards[:, 0])
+    reversed_advantages = []
+    for t in reversed(range(steps)):
+        next_value = values[:, t + 1] if t + 1 < steps else torch.zeros_like(running)
+        running = rewards[:, t] + gamma * next_value - values[:, t] + gamma * lam * running
+        reversed_advantages.append(running)
+    advantages = torch.stack(reversed_advantages[::-1], dim=1) * mask
+    return advantages, advantages + values
+
+
+def whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """(x - mean) / std over the masked positions (unbiased variance), 0 on padding.
+
+    shift_mean=False keeps the mean (rescales only), for rewards whose sign carries meaning.
+    """
+    mask_f = mask.to(values.dtype)
+    mean = masked_mean(values, mask_f)
+    count = mask_f.sum()
+    var = masked_mean((values - mean) ** 2, mask_f) * count / (count - 1).clamp(min=1)
+    out = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask_f
+
+
+class PolicyLoss(NamedTuple):
+    loss: Tensor  # mean over response tokens of max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps))
+    clip_fraction: Tensor  # share of tokens where the clipped term was the larger one
+    approx_kl: Tensor  # 0.5 mean (log p - log p_old)^2: how far this epoch moved from the rollout policy
+
+
+def ppo_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip: float = 0.2) -> PolicyLoss:
+    """PPO's clipped surrogate objective (Schulman et al. 2017), negated to be minimised."""
+    diff = logp - old_logp
+    ratio = diff.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        fraction = masked_mean((clipped > unclipped).float(), mask)
+        approx_kl = 0.5 * masked_mean(diff.detach() ** 2, mask)
+    return PolicyLoss(loss, fraction, approx_kl)
+
+
+class ValueLoss(NamedTuple):
+    loss: Tensor  # 0.5 mean of max(unclipped, clipped) squared errors
+    clip_fraction: Tensor  # share of tokens where the clipped error was the larger one
+    unclipped: Tensor  # 0.5 mean (V - return)^2, the plain regression error
+
+
+def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float = 0.2) -> ValueLoss:
+    """Clipped value regression: a new value may not gain by moving more than `clip` from the rollout's."""
+    clipped_values = old_values + (values - old_values).clamp(-clip, clip)
+    plain = (values - returns) ** 2
+    clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(plain, clipped), mask)
+    with torch.no_grad():
+        fraction = masked_mean((clipped > plain).float(), mask)
+        unclipped = 0.5 * masked_mean(plain.detach(), mask)
+    return ValueLoss(loss, fraction, unclipped)
+
+
+def repeated_ngram_mask(tokens: Tensor, mask: Tensor, n: int = 4) -> Tensor:
+    """(B, R) bool: tokens inside an n-gram that already occurred, whole, earlier in the same response.
+
+    Welleck et al. (2019), section 5.2: token x_t is a candidate when an n-gram holding it also lies in the
+    continuation before that n-gram's start. Occurrences may not overlap ("a a a a" is no repeat at n=4;
+    eight "a"s are). Only the response is searched, not the prompt.
+    """
+    out = torch.zeros_like(mask, dtype=torch.bool)
+    lengths = mask.long().sum(-1).tolist()
+    for row, (ids, length) in enumerate(zip(tokens.tolist(), lengths)):
+        first: dict[tuple[int, ...], int] = {}
+        for start in range(length - n + 1):
+            gram = tuple(ids[start:start + n])
+            if gram not in first:
+                first[gram] = start
+            elif first[gram] + n <= start:
+                out[row, start:start + n] = True
+    return out
+
+
+def sequence_unlikelihood_loss(logp: Tensor, tokens: Tensor, mask: Tensor, n: int = 4) -> Tensor:
+    """Sequence-level unlikelihood (Welleck et al. 2019): -sum log(1 - p(x_t | x_<t)) over repeated n-grams.
+
+    logp: (B, R) log-probabilities of the sampled response tokens under the policy being trained. The
+    candidate set at position t is {x_t} when `repeated_ngram_mask` marks t, else empty. The sum is divided
+    by the number of response tokens, so its weight against the per-token PPO loss does not depend on length.
+    """
+    candidates = repeated_ngram_mask(tokens, mask, n) & mask.bool()
+    # log(1 - p) computed as log1p(-p), with p kept just below 1 so a certain repeat gives a large, finite loss
+    one_minus = torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
+    return -(one_minus * candidates).sum() / mask.sum().clamp(min=1)
