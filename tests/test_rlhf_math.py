@@ -7,7 +7,6 @@ import inspect
 import math
 import os
 import random
-import textwrap
 from types import SimpleNamespace
 
 import pytest

@@ -1,0 +1,182 @@
+"""PPO rollouts as a component of their own: sample responses, score them, hand `Rollout` batches to a queue.
+
+RECIPE §5 runs four models; three of them live here: a copy of the policy (sampling, and the log-probabilities
+the samples were drawn with), the frozen reference (log-probabilities for the KL penalty) and the reward model
+(openhcx.train.reward.RewardModel: one score per response, read at its last token). The fourth, the value
+model, belongs to the learner, which trains it. The learner sees only `Rollout` batches taken from a queue and sends weights back through another,
+so the producer can run beside it in a thread (the default), or in another process or on another device
+behind the same two queues. `lag` sets how many batches the producer may sample ahead of the newest weights:
+0 is strictly on-policy, 1 overlaps sampling with learning at the cost of one update of staleness (the PPO
+ratio is taken against the log-probabilities the samples were actually drawn with, so it stays correct).
+
+Sequences are laid out right-padded: prompt, response, padding. Causal attention never looks ahead, so the
+padding needs no attention mask and every model runs its fastest kernel.
+Not here: the PPO update (ppo.py), continuous batching across requests (rows of a batch decode together).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from openhcx.model.generate import Sampling, generate
+from openhcx.model.transformer import Transformer
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses with everything the learner needs; tensors on the producer's device."""
+
+    ids: Tensor  # (B, T) prompt + response + padding
+    attn_mask: Tensor  # (B, T) 1 on prompt and response tokens
+    prompt_lens: Tensor  # (B,)
+    responses: Tensor  # (B, R) response tokens (the stop token included), padding after
+    response_mask: Tensor  # (B, R) 1 on response tokens
+    logprobs: Tensor  # (B, R) log p of each response token under the policy that sampled it
+    ref_logprobs: Tensor  # (B, R) the same under the reference (SFT) model
+    scores_raw: Tensor  # (B,) reward model output
+    scores: Tensor  # (B,) normalised and clipped: what the policy is rewarded with
+    texts: list[str]  # decoded responses without the stop token
+    prompt_index: list[int]  # which prompts these are
+    policy_version: int  # learner updates the sampling policy had seen
+
+    def to(self, device: torch.device) -> Rollout:
+        return replace(self, **{k: v.to(device) for k, v in vars(self).items() if isinstance(v, Tensor)})
+
+
+class Reward(Protocol):
+    """A reward model (openhcx.train.reward.RewardModel): full sequences -> (raw, normalised) scores (B,)."""
+
+    def score(self, ids_batch: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]: ...
+
+
+def response_positions(prompt_lens: Tensor, width: int, length: int) -> Tensor:
+    """(B, width) index of the position whose output predicts (or values the state before) response token t."""
+    steps = torch.arange(width, device=prompt_lens.device)
+    return (prompt_lens[:, None] - 1 + steps[None]).clamp(max=length - 1)
+
+
+def at_responses(outputs: Tensor, prompt_lens: Tensor, width: int) -> Tensor:
+    """outputs (B, T, ...) at each response token's predicting position: (B, width, ...)."""
+    index = response_positions(prompt_lens, width, outputs.shape[1])
+    if outputs.dim() == 3:
+        index = index[..., None].expand(-1, -1, outputs.shape[-1])
+    return outputs.gather(1, index)
+
+
+def response_logits(model: Transformer, rollout_ids: Tensor, attn_mask: Tensor, prompt_lens: Tensor,
+                    width: int) -> Tensor:
+    """(B, width, vocab) logits over each response token."""
+    return at_responses(model(rollout_ids, attn_mask=attn_mask), prompt_lens, width)
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log softmax(logits)[token], in fp32."""
+    return logits.float().log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+class RolloutWorker:
+    """Samples responses with its own copy of the policy and scores them with the reference and reward models."""
+
+    def __init__(self, policy: Transformer, reference: Transformer, reward: Reward, sampling: Sampling,
+                 pad_id: int, decode: Callable[[list[int]], str] | None = None):
+        self.policy, self.reference, self.reward = policy.eval(), reference.eval(), reward
+        self.sampling, self.pad_id, self.decode = sampling, pad_id, decode
+        self.version = 0
+
+    def load_policy(self, version: int, state: dict[str, Tensor]) -> None:
+        self.policy.load_state_dict(state)
+        self.version = version
+
+    @torch.no_grad()
+    def rollout(self, prompts: Sequence[Sequence[int]], index: Sequence[int], seed: int | None = None) -> Rollout:
+        sampling = self.sampling if seed is None else replace(self.sampling, seed=seed)
+        done = generate(self.policy, prompts, sampling, pad_id=self.pad_id)
+        device = self.policy.model.norm.weight.device
+        stops = set(sampling.stop_ids)
+        width = max(len(c.ids) for c in done)
+        length = max(len(p) + len(c.ids) for p, c in zip(prompts, done))
+        ids = torch.full((len(prompts), length), self.pad_id, dtype=torch.long)
+        attn = torch.zeros(len(prompts), length, dtype=torch.long)
+        responses = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        response_mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        full = [[*prompt, *c.ids] for prompt, c in zip(prompts, done)]
+        for row, (seq, c) in enumerate(zip(full, done)):
+            ids[row, :len(seq)], attn[row, :len(seq)] = torch.tensor(seq), 1
+            responses[row, :len(c.ids)], response_mask[row, :len(c.ids)] = torch.tensor(c.ids), 1
+        ids, attn, responses, response_mask = (t.to(device) for t in (ids, attn, responses, response_mask))
+        prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
+        logprobs = token_logprobs(response_logits(self.policy, ids, attn, prompt_lens, width), responses)
+        ref_logprobs = token_logprobs(response_logits(self.reference, ids, attn, prompt_lens, width), responses)
+        raw, normalised = (t.to(device).float() for t in self.reward.score(full))
+        mask_f = response_mask.float()
+        texts = [self.decode([t for t in c.ids if t not in stops]) if self.decode else " ".join(map(str, c.ids))
+                 for c in done]
+        return Rollout(ids, attn, prompt_lens, responses, response_mask, logprobs * mask_f, ref_logprobs * mask_f,
+                       raw, normalised, texts, list(index), self.version)
+
+
+class RolloutProducer:
+    """Runs a worker over prompt batches in a thread, putting `Rollout`s (or the error that stopped it) on `out`.
+
+    The learner calls `get()` for the next batch and `publish(version, state)` after each update; before
+    sampling batch k the producer waits for weights of version >= k - lag.
+    """
+
+    def __init__(self, worker: RolloutWorker, batches: Iterable[tuple[list[int], list[list[int]]]],
+                 lag: int = 0, seed: int = 0):
+        self.worker, self.batches, self.lag, self.seed = worker, batches, lag, seed
+        self.out: queue.Queue = queue.Queue(maxsize=lag + 1)
+        self.weights: queue.Queue = queue.Queue()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
+
+    def start(self) -> RolloutProducer:
+        self.thread.start()
+        return self
+
+    def get(self) -> Rollout | None:
+        """The next batch; None when the prompt batches are used up. Re-raises the producer's error."""
+        item = self.out.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def publish(self, version: int, state: dict[str, Tensor]) -> None:
+        self.weights.put((version, {k: v.detach().clone() for k, v in state.items()}))
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.weights.put(None)
+        while self.thread.is_alive():
+            try:
+                self.out.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+    def _newest_weights(self, need: int) -> bool:
+        """Load published weights until version >= need (blocking) and then any newer ones; False on close."""
+        while True:
+            block = self.worker.version < need
+            try:
+                item = self.weights.get(block=block)
+            except queue.Empty:
+                return True
+            if item is None:
+                return False
+            self.worker.load_policy(*item)
+
+    def _run(self) -> None:
+        try:
+            for k, (index, prompts) in enumerate(self.batches):
+                if self.stopping.is_set() or not self._newest_weights(k - self.lag):
+                    return
+                self.out.put(self.worker.rollout(prompts, index, seed=self.seed + k))
+            self.out.put(None)
+        except BaseException as e:  # handed to the learner, which re-raises it
+            self.out.put(e)
