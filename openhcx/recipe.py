@@ -28,11 +28,12 @@ def stage_args(fn: Callable, section: dict, where: str, **fixed) -> dict:
     clash = sorted(set(section) & set(fixed))
     if clash:
         raise UserError(f"{where}.{clash[0]}: set by the recipe runner, remove it from the recipe")
+    parser = _parser(fn)
     try:
-        ns = _parser(fn).parse_object({**section, **fixed})
+        ns = parser.parse_object({**section, **fixed})
     except Exception as e:  # jsonargparse reports the key; we add the file and section
         raise UserError(f"{where}: {e}".strip()) from None
-    return _parser(fn).instantiate_classes(ns).as_dict() if isinstance(ns, Namespace) else dict(ns)
+    return parser.instantiate_classes(ns).as_dict() if isinstance(ns, Namespace) else dict(ns)
 
 
 def load_recipe(path: str | Path, stages: set[str]) -> dict[str, dict]:
