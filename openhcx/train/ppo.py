@@ -190,7 +190,7 @@ class HeldoutSet:
     records: list[PromptRecord]
     prompts: list[list[int]]
     decode: Callable[[list[int]], str]
-    stop_id: int
+    stop_ids: tuple[int, ...]
     pad_id: int
     max_new_tokens: int
 
@@ -198,10 +198,10 @@ class HeldoutSet:
     def evaluate(self, policy: Transformer) -> dict[str, float]:
         was_training = policy.training
         policy.eval()
-        done = generate(policy, self.prompts, Sampling(max_new_tokens=self.max_new_tokens, stop_ids=(self.stop_id,)),
+        done = generate(policy, self.prompts, Sampling(max_new_tokens=self.max_new_tokens, stop_ids=self.stop_ids),
                         pad_id=self.pad_id)
         policy.train(was_training)
-        texts = [self.decode([t for t in c.ids if t != self.stop_id]) for c in done]
+        texts = [self.decode([t for t in c.ids if t not in self.stop_ids]) for c in done]
         results = [score_response(rec, text) for rec, text in zip(self.records, texts)]
         constraint = [sum(r.parts[p] for p in CONSTRAINT_PARTS if p in r.parts)
                       / sum(p in r.parts for p in CONSTRAINT_PARTS) for r in results]
@@ -440,7 +440,7 @@ def ppo(
     out_dir = Path(out)
     if (out_dir / "model").exists() and not overwrite:
         raise UserError(f"{out_dir / 'model'}: output already exists (pass overwrite=true to replace it)")
-    from openhcx.tokenizer.tokenizer import ENDOFTURN, PAD
+    from openhcx.tokenizer.tokenizer import ENDOFTURN, EOT, PAD
     from openhcx.train.distributed import init_world
     from openhcx.train.reward import RewardModel
     from openhcx.train.sft import load_tokenizer
@@ -463,11 +463,11 @@ def ppo(
     reference = copy.deepcopy(policy).requires_grad_(False)
     value, _ = load_checkpoint(reward, head="scalar", device=world.device)
     scorer = RewardModel.load(reward, device=world.device)
-    stop, pad = tok.id(ENDOFTURN), tok.id(PAD)
-    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=1.0, stop_ids=(stop,))
+    stops, pad = (tok.id(ENDOFTURN), tok.id(EOT)), tok.id(PAD)
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=1.0, stop_ids=stops)
     worker = RolloutWorker(copy.deepcopy(policy), reference, scorer, sampling, pad, decode=tok.decode)
     producer = RolloutProducer(worker, prompt_batches(train_prompts, batch_size, seed), lag=lag, seed=seed)
-    held = HeldoutSet(records, [render_prompt(r.messages, tok) for r in records], tok.decode, stop, pad,
+    held = HeldoutSet(records, [render_prompt(r.messages, tok) for r in records], tok.decode, stops, pad,
                       max_new_tokens)
     from openhcx.train.callbacks import MetricsLog
 

@@ -3,10 +3,10 @@
 RECIPE §5 runs four models; three of them live here: a copy of the policy (sampling, and the log-probabilities
 the samples were drawn with), the frozen reference (log-probabilities for the KL penalty) and the reward model
 (openhcx.train.reward.RewardModel: one score per response, read at its last token). The fourth, the value
-model, belongs to the learner, which trains it. The learner sees only `Rollout` batches taken from a queue and sends weights back through another,
-so the producer can run beside it in a thread (the default), or in another process or on another device
-behind the same two queues. `lag` sets how many batches the producer may sample ahead of the newest weights:
-0 is strictly on-policy, 1 overlaps sampling with learning at the cost of one update of staleness (the PPO
+model, belongs to the learner, which trains it. The learner sees only `Rollout` batches taken from a queue
+and sends weights back through another, so the producer can run beside it in a thread (the default), or in
+another process or on another device behind the same two queues. `lag` sets how many batches the producer
+may sample ahead of the newest weights: 0 is strictly on-policy, 1 overlaps sampling with learning at the cost of one update of staleness (the PPO
 ratio is taken against the log-probabilities the samples were actually drawn with, so it stays correct).
 
 Sequences are laid out right-padded: prompt, response, padding. Causal attention never looks ahead, so the
