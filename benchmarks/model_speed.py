@@ -4,7 +4,9 @@ Both models get the same config, the same weights, batch, dtype, device and thre
 run alternately so machine noise hits both alike. Measured:
 1. training tokens/s: forward + cross-entropy + backward + AdamW step on (batch, seq) random tokens;
 2. KV-cache greedy generation tokens/s at batch 1 and 8 (our `generate` vs HF `generate(do_sample=False)`).
-Prints medians over --repeats runs and the ratio ours/HF. Usage:
+Prints medians over --repeats runs, the ratio ours/HF, and the FLOP/s each achieves against this machine's
+measured matmul peak (training: 6N + attention per token, PaLM convention; generation: 2N per token, the
+forward matmuls only). --profile adds the operators where a training step spends its time. Usage:
     python benchmarks/model_speed.py --preset tiny --threads 2
     python benchmarks/model_speed.py --preset 125m --device cuda --dtype bfloat16 --batch 8 --seq 1024
 """
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from openhcx.model.generate import Sampling, generate
 from openhcx.model.hf import hf_config
 from openhcx.model.transformer import Transformer, model_config
+from openhcx.train.trainer import measured_peak_flops
 
 
 def side_by_side(fns, repeats: int, device: str) -> list[float]:
@@ -51,9 +54,24 @@ def train_step(model, optimizer, ids, vocab: int, hf: bool):
     return step
 
 
-def report(what: str, units: float, ours_s: float, hf_s: float) -> None:
-    print(f"{what:<28} ours {units / ours_s:12,.0f} tok/s   HF {units / hf_s:12,.0f} tok/s   "
-          f"ratio {hf_s / ours_s:5.2f}x")
+def report(what: str, units: float, ours_s: float, hf_s: float, flops_per_unit: float, peak: float) -> None:
+    ours, hf = units / ours_s, units / hf_s
+    print(f"{what:<28} ours {ours:10,.0f} tok/s ({ours * flops_per_unit / 1e9:6.2f} GFLOP/s, "
+          f"{100 * ours * flops_per_unit / peak:4.1f}% of peak)   HF {hf:10,.0f} tok/s "
+          f"({hf * flops_per_unit / 1e9:6.2f} GFLOP/s)   ratio {hf_s / ours_s:5.2f}x", flush=True)
+
+
+def profile(steps, names, rows: int = 12) -> None:
+    """The operators where each model's training step spends its own CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for step, name in zip(steps, names):
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                step()
+        print(f"--- {name}: top operators by self CPU time over 3 training steps")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main() -> None:
@@ -68,6 +86,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=32, help="prompt tokens for generation")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--profile", action="store_true", help="print the top operators of a training step")
     args = ap.parse_args()
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -80,15 +99,20 @@ def main() -> None:
     ours = Transformer(config).to(device=args.device, dtype=dtype)
     theirs = LlamaForCausalLM(LlamaConfig(**hf_config(config, dtype))).to(device=args.device, dtype=dtype)
     theirs.load_state_dict(ours.state_dict(), strict=False)  # HF's rotary buffer is not in our state dict
+    peak = measured_peak_flops(torch.device(args.device))
     print(f"preset {args.preset}: {config.num_params() / 1e6:.1f}M parameters, {args.dtype} on {args.device}, "
-          f"{torch.get_num_threads()} threads, HF attention {theirs.config._attn_implementation}")
+          f"{torch.get_num_threads()} threads, HF attention {theirs.config._attn_implementation}, "
+          f"peak {peak / 1e9:.1f} GFLOP/s")
 
     vocab = config.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.seq + 1), device=args.device)
     steps = [train_step(m, torch.optim.AdamW(m.parameters(), lr=1e-4), ids, vocab, hf)
              for m, hf in ((ours, False), (theirs, True))]
     ours.train(), theirs.train()
-    report(f"train b{args.batch} x {args.seq}", args.batch * args.seq, *side_by_side(steps, args.repeats, args.device))
+    report(f"train b{args.batch} x {args.seq}", args.batch * args.seq, *side_by_side(steps, args.repeats, args.device),
+           config.flops_per_token(args.seq), peak)
+    if args.profile:
+        profile(steps, ("ours", "HF"))
 
     ours.eval(), theirs.eval()
     sampling = Sampling(max_new_tokens=args.new_tokens)
@@ -105,7 +129,7 @@ def main() -> None:
                             min_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
 
         report(f"generate b{batch}, {args.new_tokens} new", batch * args.new_tokens,
-               *side_by_side([run_ours, run_hf], args.repeats, args.device))
+               *side_by_side([run_ours, run_hf], args.repeats, args.device), config.flops_per_token(1) / 3, peak)
 
 
 if __name__ == "__main__":
