@@ -88,10 +88,12 @@ def run_lmeval(model, tokenizer, configs: list[dict], limit: int, batch_size: in
     """{task: {"acc":..., "acc_norm":..., "samples": [{"arguments": [(ctx, cont)], "lls": [...]}]}}."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(model=lm, tasks=configs, limit=limit, log_samples=True, bootstrap_iters=0,
-                                  fewshot_random_seed=1234, verbosity="ERROR")
+                                  fewshot_random_seed=1234, verbosity="ERROR",
+                                  task_manager=TaskManager(include_defaults=False))  # skip indexing every stock task
     ref = {}
     for cfg in configs:
         name = cfg["task"]

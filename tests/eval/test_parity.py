@@ -40,10 +40,10 @@ def test_smollm2_parity(smol, bench, tmp_path):
     model, tok = smol
     cases = [
         ("kobest_copa", lmeval_ref.kobest_config("copa", bench, tmp_path, 0), 0, 4),
-        ("kobest_boolq", lmeval_ref.kobest_config("boolq", bench, tmp_path, 0), 0, 2),
-        ("kobest_sentineg", lmeval_ref.kobest_config("sentineg", bench, tmp_path, 3), 3, 4),
-        ("mmlu_abstract_algebra", lmeval_ref.mmlu_config("abstract_algebra", bench, tmp_path, 5), 5, 2),
-        ("mmlu_anatomy", lmeval_ref.mmlu_config("anatomy", bench, tmp_path, 5), 5, 2),
+        ("kobest_boolq", lmeval_ref.kobest_config("boolq", bench, tmp_path, 0), 0, 1),
+        ("kobest_sentineg", lmeval_ref.kobest_config("sentineg", bench, tmp_path, 3), 3, 2),
+        ("mmlu_abstract_algebra", lmeval_ref.mmlu_config("abstract_algebra", bench, tmp_path, 5), 5, 1),
+        ("mmlu_anatomy", lmeval_ref.mmlu_config("anatomy", bench, tmp_path, 5), 5, 1),
     ]
     _check(model, tok, bench, tmp_path, cases)
 
@@ -54,7 +54,7 @@ def test_tiny_checkpoint_parity(tiny_ckpt, bench, tmp_path):
     from openhcx.eval.backends import load_hf
 
     model, tok = load_hf(tiny_ckpt)
-    spec = {"boolq": (0, 4), "copa": (3, 8), "hellaswag": (1, 4), "sentineg": (5, 8), "wic": (2, 8)}
+    spec = {"boolq": (0, 2), "copa": (3, 6), "hellaswag": (1, 4), "sentineg": (5, 6), "wic": (2, 6)}
     cases = [(f"kobest_{t}", lmeval_ref.kobest_config(t, bench, tmp_path, k), k, n) for t, (k, n) in spec.items()]
-    cases.append(("mmlu_astronomy", lmeval_ref.mmlu_config("astronomy", bench, tmp_path, 5), 5, 8))
+    cases.append(("mmlu_astronomy", lmeval_ref.mmlu_config("astronomy", bench, tmp_path, 5), 5, 4))
     _check(model, tok, bench, tmp_path, cases, batch_tokens=8192)
