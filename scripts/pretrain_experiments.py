@@ -19,7 +19,8 @@ Measured:
 3. the tokenizer ablation: morpheme-aware against plain BPE of equal vocabulary, same steps x batch x
    seq_len (so the same FLOPs, but not the same bytes: tokens per byte are reported), over several seeds.
 
-Usage (about 3 minutes per training run on 2 CPU cores; runs whose model exists are reused):
+Usage (3 to 10 minutes per training run on 2 shared CPU cores; runs whose model exists are reused;
+--report prints the tables of the runs done so far):
     python scripts/pretrain_experiments.py --run runs/demo
 Not a benchmark harness: one fixed small protocol, stated in docs/pretraining.md and docs/tokenizer.md.
 """
@@ -48,14 +49,14 @@ from openhcx.train.pretrain import pretrain
 LABELS = ("ko", "en", "code")
 FIM = FimTokens(PRE_ID, SUF_ID, MID_ID, EOT_ID)
 PREFIX_TOKENS, SUFFIX_TOKENS, MIDDLE_TOKENS = 192, 96, 200  # infill windows: prompt + middle fit 512 tokens
-LINES_PER_DOC = 4
+LINES_PER_DOC = 3
 
 
 @dataclass(frozen=True)
 class Protocol:
     steps: int = 100
     batch_size: int = 8
-    seq_len: int = 256
+    seq_len: int = 128
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_steps: int = 10
@@ -215,16 +216,20 @@ def spread(values: list[float]) -> str:
 
 
 def tables(results: dict) -> str:
-    runs = results["runs"]
-    m0 = runs["morph-seed0"]["heldout"]
-    out = ["### Held-out bits per byte (morpheme-aware tokenizer, FIM shards, seed 0)", "",
-           "| label | tokens | bytes | tiny model | unigram baseline |", "|---|---|---|---|---|"]
-    out += [f"| {l} | {m0['tokens'][l]:,} | {m0['bytes'][l]:,} | {m0['bpb'][l]:.3f} | {m0['unigram_bpb'][l]:.3f} |"
-            for l in LABELS]
-    out += ["", "### Fill-in-the-middle on held-out code (seed 0)", "",
-            "| training data | infill.jsonl exact match | single-line exact match | middle bits per byte |",
-            "|---|---|---|---|"]
-    for name, title in (("morph-seed0", "FIM rate 0.5"), ("morph-nofim-seed0", "FIM rate 0")):
+    """Markdown tables of whatever runs results.json holds so far."""
+    runs, out = results["runs"], []
+    if "morph-seed0" in runs:
+        m0 = runs["morph-seed0"]["heldout"]
+        out += ["### Held-out bits per byte (morpheme-aware tokenizer, FIM shards, seed 0)", "",
+                "| label | tokens | bytes | tiny model | unigram baseline |", "|---|---|---|---|---|"]
+        out += [f"| {l} | {m0['tokens'][l]:,} | {m0['bytes'][l]:,} | {m0['bpb'][l]:.3f} | "
+                f"{m0['unigram_bpb'][l]:.3f} |" for l in LABELS]
+    fim_runs = [(n, t) for n, t in (("morph-seed0", "FIM rate 0.5"), ("morph-nofim-seed0", "FIM rate 0")) if n in runs]
+    if fim_runs:
+        out += ["", "### Fill-in-the-middle on held-out code (seed 0)", "",
+                "| training data | infill.jsonl exact match | single-line exact match | middle bits per byte |",
+                "|---|---|---|---|"]
+    for name, title in fim_runs:
         f = runs[name]["infill"]
         out.append(f"| {title} | {f['exact_match']:.3f} ({f['tasks']}) | {f['line_exact_match']:.3f} "
                    f"({f['line_tasks']}) | {f['middle_bpb']:.3f} |")
@@ -233,6 +238,8 @@ def tables(results: dict) -> str:
             "|---|---|---|---|---|---|---|"]
     for variant in ("morph", "plain-bpe"):
         seeds = [r for k, r in runs.items() if k.startswith(variant + "-seed")]
+        if not seeds:
+            continue
         h = seeds[0]["heldout"]
         cells = [spread([r["heldout"]["bpb"][l] for r in seeds]) for l in LABELS]
         cells += [f"{h['bytes'][l] / h['tokens'][l]:.2f}" for l in LABELS]
@@ -245,10 +252,14 @@ def main() -> None:
     ap.add_argument("--run", default="runs/demo", help="run directory of `openhcx run --recipe recipes/tiny.yaml`")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=Protocol.steps)
+    ap.add_argument("--report", action="store_true", help="only print the tables of the runs done so far")
     args = ap.parse_args()
     torch.set_num_threads(2)
     run = Path(args.run)
     out = run / "experiments"
+    if args.report:
+        print(tables(json.loads((out / "results.json").read_text())))
+        return
     protocol = Protocol(steps=args.steps)
     variants = build_if_missing(run, out)
     first, *more = args.seeds
