@@ -156,8 +156,8 @@ def run_task(backend: Backend, task: Task, *, shots: int | None = None, limit: i
 def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int | None = None,
              limit: int | None = None, mode: str = "loglik", seed: int = 1234, batch_tokens: int = 4096,
              dtype: str = "auto", device: str = "cpu", data_root: str | None = None,
-             data: dict[str, str] | None = None, tracking_uri: str | None = None, progress: bool = True,
-             backend: Backend | None = None) -> EvalResults:
+             data: dict[str, str] | None = None, tracking_uri: str | None = None,
+             progress: bool = True) -> EvalResults:
     """Evaluate `model` (HF directory, .gguf file, or http(s) endpoint) on `tasks` (names or groups).
 
     shots: override every task's RECIPE §6 default. limit: first N items per task. mode: "loglik"
@@ -165,13 +165,25 @@ def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int
     samples/<task>.jsonl, the resumable cache.jsonl and manifest.json; rerunning the same command
     after a crash resumes from the cache. data_root/data: where benchmark files live (see tasks/).
     tracking_uri (or env MLFLOW_TRACKING_URI): also log parameters, scores and files to MLflow.
-    backend: an already-built backend to use instead of loading `model` (embedding, tests).
     """
+    if mode not in MODES:
+        raise UserError(f"mode: {mode!r} is not one of {MODES}")
+    REGISTRY.expand(tasks)  # unknown names fail before the model loads
+    backend = open_backend(model, dtype=dtype, device=device, batch_tokens=batch_tokens)
+    return evaluate_backend(backend, model, tasks, out=out, shots=shots, limit=limit, mode=mode, seed=seed,
+                            data_root=data_root, data=data, tracking_uri=tracking_uri, progress=progress,
+                            config=dict(dtype=dtype, device=device, batch_tokens=batch_tokens))
+
+
+def evaluate_backend(backend: Backend, model: str, tasks: list[str], *, out: str | None = None,
+                     shots: int | None = None, limit: int | None = None, mode: str = "loglik", seed: int = 1234,
+                     data_root: str | None = None, data: dict[str, str] | None = None,
+                     tracking_uri: str | None = None, progress: bool = True, config: dict | None = None) -> EvalResults:
+    """`evaluate` with an already-built backend (`model` only labels the results)."""
     if mode not in MODES:
         raise UserError(f"mode: {mode!r} is not one of {MODES}")
     selected = REGISTRY.expand(tasks)
     start = time.time()
-    backend = backend or open_backend(model, dtype=dtype, device=device, batch_tokens=batch_tokens)
     outdir = Path(out) if out else None
     cache = Cache(outdir / "cache.jsonl" if outdir else None)
     results: dict[str, TaskResult] = {}
@@ -183,8 +195,8 @@ def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int
             _write_jsonl(outdir / "samples" / f"{task.name}.jsonl", records)
     cats = category_scores({k: v.metrics.get(v.primary) for k, v in results.items()},
                            {k: v.n for k, v in results.items()})
-    config = dict(tasks=tasks, shots=shots, limit=limit, mode=mode, seed=seed, dtype=dtype, device=device,
-                  batch_tokens=batch_tokens, data_root=str(data_root) if data_root else None, data=data)
+    config = dict(tasks=tasks, shots=shots, limit=limit, mode=mode, seed=seed, **(config or {}),
+                  data_root=str(data_root) if data_root else None, data=data)
     final = EvalResults(model=model, mode=mode, tasks=results, categories=cats,
                         overall=overall(cats), config=config,
                         seconds=time.time() - start)

@@ -14,7 +14,7 @@ import torch
 from openhcx.eval import evaluate
 from openhcx.eval.backends import HFBackend, OpenAIBackend, Request, load_hf
 from openhcx.eval.cache import Cache
-from openhcx.eval.harness import build_requests, prepare, run_task, sample_shots
+from openhcx.eval.harness import build_requests, evaluate_backend, prepare, run_task, sample_shots
 from openhcx.eval.tasks import REGISTRY, Item
 
 
@@ -126,14 +126,14 @@ class _Counting(HFBackend):
 
 def test_interrupted_run_resumes_from_cache_with_same_scores(tiny, bench, tmp_path):
     kw = dict(tasks=["kobest_copa", "kobest_sentineg"], limit=40, shots=2, data_root=bench, progress=False)
-    clean = evaluate("tiny", out=str(tmp_path / "clean"), backend=tiny, **kw)
+    clean = evaluate_backend(tiny, "tiny", out=str(tmp_path / "clean"), **kw)
     with pytest.raises(KeyboardInterrupt):
-        evaluate("tiny", out=str(tmp_path / "run"), backend=_Interrupt(tiny, 50), **kw)
+        evaluate_backend(_Interrupt(tiny, 50), "tiny", out=str(tmp_path / "run"), **kw)
     assert not (tmp_path / "run" / "results.json").exists()
     with open(tmp_path / "run" / "cache.jsonl", "a") as f:
         f.write('["torn')  # a kill in the middle of a write
     counting = _Counting(tiny)
-    resumed = evaluate("tiny", out=str(tmp_path / "run"), backend=counting, **kw)
+    resumed = evaluate_backend(counting, "tiny", out=str(tmp_path / "run"), **kw)
     assert 0 < counting.scored <= 80 - 32  # only what the cache lacked (batches of 32 were flushed)
     assert {k: v.metrics for k, v in resumed.tasks.items()} == {k: v.metrics for k, v in clean.tasks.items()}
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
