@@ -21,10 +21,10 @@ import torch
 
 from openhcx.data.chat import read_conversations, tokenize
 from openhcx.model.hf import load_checkpoint
-from openhcx.tokenizer.tokenizer import PAD
+from openhcx.tokenizer.tokenizer import PAD, Tokenizer
 from openhcx.train.batching import EpochLoader, TokenBudgetTrainer
 from openhcx.train.distributed import World
-from openhcx.train.sft import collate_samples, load_tokenizer, sft_batches, sft_loss, train_config
+from openhcx.train.sft import collate_samples, sft_batches, sft_loss, train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIM = {"lr": 1e-4, "min_lr": 1e-4, "warmup_steps": 0, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999,
@@ -33,7 +33,7 @@ OPTIM = {"lr": 1e-4, "min_lr": 1e-4, "warmup_steps": 0, "weight_decay": 0.0, "be
 
 def ours(base: str, samples, max_tokens: int, warmup: int, steps: int) -> list[float]:
     model, config = load_checkpoint(base, dtype=torch.float32)
-    pad = load_tokenizer(base).id(PAD)
+    pad = Tokenizer.load(base).id(PAD)
     loader = EpochLoader(lambda e: sft_batches(samples, max_tokens, e),
                          lambda idx: collate_samples([samples[i] for i in idx], pad))
     train = train_config({**OPTIM, "steps": warmup + steps}, warmup + steps, max_tokens, 1, config.max_seq_len)
@@ -50,7 +50,7 @@ def trl(base: str, samples, batch_size: int, warmup: int, steps: int, threads: i
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     data = Dataset.from_dict({"input_ids": [s.ids for s in samples], "assistant_masks": [s.mask for s in samples]})
-    inner = DataCollatorForLanguageModeling(pad_token_id=load_tokenizer(base).id(PAD))
+    inner = DataCollatorForLanguageModeling(pad_token_id=Tokenizer.load(base).id(PAD))
     tokens: list[int] = []
 
     def collate(features):
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     a = parser.parse_args()
     torch.set_num_threads(a.threads)
-    tok = load_tokenizer(a.base)
+    tok = Tokenizer.load(a.base)
     samples = tokenize(read_conversations(a.data).records, tok).records
     batches = sft_batches(samples, a.max_tokens, 0)
     rows = round(len(samples) / len(batches))

@@ -65,29 +65,10 @@ def is_openhcx_tokenizer(directory: Path) -> bool:
     return [hf.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(NUM_RESERVED))
 
 
-def morpheme_aware(directory: Path) -> bool:
-    """Whether the tokenizer was trained on morpheme pieces: from a tokenizer manifest, or the one the
-    checkpoint's manifest names as its input. Without either, encode as any HF consumer would (portable)."""
-    manifest = directory / "manifest.json"
-    for _ in range(2):
-        if not manifest.is_file():
-            return False
-        record = json.loads(manifest.read_text(encoding="utf-8"))
-        if "morpheme_aware" in record:
-            return bool(record["morpheme_aware"])
-        source = (record.get("inputs") or {}).get("tokenizer")
-        if not source:
-            return False
-        manifest = Path(source) / "manifest.json"
-    return False
-
-
 def openhcx_codec(directory: Path) -> TextCodec:
-    from tokenizers import Tokenizer as HFTokenizer
-
     from openhcx.data.chat import Message, render_prompt
 
-    tok = Tokenizer(HFTokenizer.from_file(str(directory / "tokenizer.json")), morpheme_aware=morpheme_aware(directory))
+    tok = Tokenizer.load(directory)
 
     def chat_prompt(messages: list[dict]) -> list[int]:
         return render_prompt([Message(m["role"], m["content"]) for m in messages], tok)

@@ -21,6 +21,13 @@ COMMANDS = {
     "tokenizer report": "openhcx.tokenizer.report:tokenizer_report",
     "shards build": "openhcx.data.shards:build_shards",
     "pretrain": "openhcx.train.pretrain:pretrain",
+    "sft": "openhcx.train.sft:sft",
+    "reward": "openhcx.train.reward:train_reward",
+    "ppo": "openhcx.train.ppo:ppo",
+    "eval": "openhcx.eval:evaluate",
+    "eval radar": "openhcx.eval:radar",
+    "generate": "openhcx.chat:generate",
+    "chat": "openhcx.chat:chat",
     "import-hf": "openhcx.model.hf:import_hf",
     "export": "openhcx.model.hf:export",
 }

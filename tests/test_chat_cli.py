@@ -50,7 +50,7 @@ def checkpoint(tmp_path_factory) -> Path:
                                   show_progress=False)
     tok.train_from_iterator(TEXTS, trainer=trainer)
     tok.save(str(tok_dir / "tokenizer.json"))
-    write_json(tok_dir / "tokenizer_config.json", tokenizer_config(128))
+    write_json(tok_dir / "tokenizer_config.json", tokenizer_config(128, morpheme_aware=False))
     net = tiny_model(tok.get_vocab_size())
     out = tmp_path_factory.mktemp("ckpt") / "model"
     save_checkpoint(net, net.config, out, tokenizer_dir=tok_dir)

@@ -15,7 +15,8 @@ def openhcx(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_help_lists_every_stage():
     r = openhcx("--help")
     assert r.returncode == 0
-    for command in ("run", "corpus build", "tokenizer train", "tokenizer report"):
+    for command in ("run", "corpus build", "tokenizer train", "tokenizer report", "shards build", "pretrain", "sft",
+                    "reward", "ppo", "eval", "eval radar", "generate", "chat", "import-hf", "export"):
         assert f"  {command} " in r.stdout
     assert openhcx("no-such-stage").returncode == 2
 

@@ -171,9 +171,9 @@ def test_read_prompts_names_the_bad_line(tmp_path):
 
 
 def test_ppo_command_writes_the_policy(demo_tokenizer, tmp_path):
-    from openhcx.train.sft import load_tokenizer
+    from openhcx.tokenizer.tokenizer import Tokenizer
 
-    vocab = load_tokenizer(demo_tokenizer).vocab_size
+    vocab = Tokenizer.load(demo_tokenizer).vocab_size
     config = TINY.replace(vocab_size=vocab, max_seq_len=256, pad_token_id=1)
     torch.manual_seed(0)
     sft = save_checkpoint(Transformer(config), config, tmp_path / "sft", tokenizer_dir=demo_tokenizer)

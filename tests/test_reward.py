@@ -16,7 +16,7 @@ from openhcx.train.batching import EpochLoader
 from openhcx.train.losses import IGNORE_INDEX
 from openhcx.train.reward import (RewardModel, RewardNorm, collate_groups, group_batches, load_pair_data, normalise,
                                   pair_loss, sequence_scores, train_reward)
-from openhcx.train.sft import load_tokenizer
+from openhcx.tokenizer.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ROOT / "data/demo/preference.jsonl"
@@ -33,7 +33,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_sft(demo_tokenizer, tmp_path_factory) -> Path:
     """A freshly initialised 2-layer language model over the demo tokenizer, standing in for an SFT model."""
-    tok = load_tokenizer(demo_tokenizer)
+    tok = Tokenizer.load(demo_tokenizer)
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
                          max_seq_len=256, eos_token_id=0, pad_token_id=tok.id(PAD))
@@ -44,7 +44,7 @@ def tiny_sft(demo_tokenizer, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pair_data(demo_tokenizer):
     """The demo pairs rendered once, a fifth of the prompts held out (the split `trained` uses)."""
-    return load_pair_data([str(PAIRS)], load_tokenizer(demo_tokenizer), 256, 2048, False, 0.2, 0)
+    return load_pair_data([str(PAIRS)], Tokenizer.load(demo_tokenizer), 256, 2048, False, 0.2, 0)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_score_is_read_at_the_last_real_token_of_right_padded_rows():
 
 
 def test_all_pairs_of_a_prompt_share_one_step(demo_tokenizer, pair_data):
-    tok, data = load_tokenizer(demo_tokenizer), pair_data
+    tok, data = Tokenizer.load(demo_tokenizer), pair_data
     multi = [i for i, g in enumerate(data.train) if len(g.pairs) > 1]
     assert data.pairs == 600 and len(data.train) + len(data.heldout) == 545 and len(multi) >= 30
     loader = EpochLoader(lambda e: group_batches(data.train, 1536, e),
@@ -98,7 +98,7 @@ def test_all_pairs_of_a_prompt_share_one_step(demo_tokenizer, pair_data):
 
 
 def test_identical_pair_and_oversized_group_are_named(demo_tokenizer, tmp_path):
-    tok = load_tokenizer(demo_tokenizer)
+    tok = Tokenizer.load(demo_tokenizer)
     lines = PAIRS.read_text(encoding="utf-8").splitlines()[:4]
     same = {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Hello."}
     bad = tmp_path / "pairs.jsonl"
@@ -145,7 +145,7 @@ def test_transformers_reads_the_same_score_at_the_last_real_token(trained, demo_
     model_dir = trained / "model"
     hf = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
     assert type(hf).__name__ == "LlamaForSequenceClassification" and hf.config.num_labels == 1
-    tok, data = load_tokenizer(demo_tokenizer), pair_data
+    tok, data = Tokenizer.load(demo_tokenizer), pair_data
     seqs = [s for g in data.heldout[:4] for pair in g.pairs for s in pair]
     assert len({len(s) for s in seqs}) > 1  # right padding really happens
     from openhcx.train.batching import pad_right

@@ -13,9 +13,9 @@ from openhcx.data.chat import read_conversations, tokenize
 from openhcx.io import UserError
 from openhcx.model.hf import load_checkpoint, save_checkpoint
 from openhcx.model.transformer import ModelConfig, Transformer
-from openhcx.tokenizer.tokenizer import ENDOFTURN, PAD
+from openhcx.tokenizer.tokenizer import ENDOFTURN, PAD, Tokenizer
 from openhcx.train.losses import IGNORE_INDEX, token_cross_entropy
-from openhcx.train.sft import (collate_samples, heldout_split, load_sft_data, load_tokenizer, sft, sft_batches,
+from openhcx.train.sft import (collate_samples, heldout_split, load_sft_data, sft, sft_batches,
                                sft_loss, shift)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_base(demo_tokenizer, tmp_path_factory) -> Path:
     """A freshly initialised 2-layer model over the demo tokenizer, saved as a HF checkpoint."""
-    tok = load_tokenizer(demo_tokenizer)
+    tok = Tokenizer.load(demo_tokenizer)
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
                          max_seq_len=256, eos_token_id=0, pad_token_id=tok.id(PAD))
@@ -70,7 +70,7 @@ def test_sft_loss_ignores_padding_rows_add_nothing():
 
 
 def test_mask_covers_exactly_the_assistant_turns_in_real_batches(demo_tokenizer):
-    tok = load_tokenizer(demo_tokenizer)
+    tok = Tokenizer.load(demo_tokenizer)
     convs = read_conversations(SFT_DATA).records[:80]
     samples = tokenize(convs, tok).records
     end = tok.id(ENDOFTURN)
@@ -93,7 +93,7 @@ def test_mask_covers_exactly_the_assistant_turns_in_real_batches(demo_tokenizer)
 
 
 def test_over_long_conversation_is_named_or_skipped(demo_tokenizer, tmp_path):
-    tok = load_tokenizer(demo_tokenizer)
+    tok = Tokenizer.load(demo_tokenizer)
     lines = SFT_DATA.read_text(encoding="utf-8").splitlines()[:5]
     long = {"messages": [{"role": "user", "content": "말해 줘. " * 80}, {"role": "assistant", "content": "네."}]}
     data = tmp_path / "sft.jsonl"
@@ -142,7 +142,7 @@ def test_short_sft_lowers_heldout_assistant_loss_and_resumes(tiny_base, tmp_path
     # The result is a HF directory with the tokenizer; transformers reads it with no custom code.
     model, config = load_checkpoint(path)
     assert config.head == "lm" and (path / "tokenizer.json").is_file() and (path / "tokenizer_config.json").is_file()
-    assert load_tokenizer(path).morpheme_aware == load_tokenizer(tiny_base).morpheme_aware
+    assert Tokenizer.load(path).morpheme_aware == Tokenizer.load(tiny_base).morpheme_aware
     # Running again finds the finished run's last checkpoint and trains nothing more.
     again = sft(str(tiny_base), [str(data)], str(out), **kwargs)
     assert json.loads((out / "manifest.json").read_text())["steps"] == manifest["steps"]

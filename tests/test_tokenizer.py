@@ -147,3 +147,16 @@ def test_manifest_records_provenance(demo_tokenizer, demo_corpus):
     assert m["stage"] == "tokenizer" and m["morpheme_aware"] is True
     assert m["inputs"]["corpus"] == str(demo_corpus)
     assert m["actual_vocab_size"] == 6000 and m["documents"] > 0
+
+
+def test_morpheme_flag_travels_with_the_files(demo_tokenizer, tmp_path):
+    """Checkpoints copy tokenizer.json and tokenizer_config.json, not the manifest: the flag must travel."""
+    import shutil
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(demo_tokenizer / name, tmp_path / name)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["morpheme_aware"] is True
+    copy = Tokenizer.load(tmp_path)
+    assert copy.morpheme_aware
+    text = "국민청원 게시판에 글을 올립니다."
+    assert copy.encode(text) == Tokenizer.load(demo_tokenizer).encode(text, "exact")

@@ -72,9 +72,10 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise UserError(f"{path}: not a valid tokenizer.json ({e})") from e
-        manifest = directory / "manifest.json"
-        aware = json.loads(manifest.read_text())["morpheme_aware"] if manifest.is_file() else False
-        return cls(hf, morpheme_aware=aware)
+        # The flag travels in tokenizer_config.json, so checkpoints that copy the tokenizer keep it.
+        config = directory / "tokenizer_config.json"
+        aware = json.loads(config.read_text(encoding="utf-8")).get("morpheme_aware", False) if config.is_file() else False
+        return cls(hf, morpheme_aware=bool(aware))
 
     @property
     def vocab_size(self) -> int:

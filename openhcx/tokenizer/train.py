@@ -36,8 +36,11 @@ def empty_tokenizer() -> HFTokenizer:
     return tok
 
 
-def tokenizer_config(max_length: int) -> dict:
-    """tokenizer_config.json for `transformers.AutoTokenizer`, chat template included (RECIPE §5)."""
+def tokenizer_config(max_length: int, morpheme_aware: bool) -> dict:
+    """tokenizer_config.json for `transformers.AutoTokenizer`, chat template included (RECIPE §5).
+
+    `morpheme_aware` is ours (transformers ignores it): exact-mode encoding needs it wherever the files go.
+    """
     added = {
         str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,
                  "normalized": False, "single_word": False}
@@ -53,6 +56,7 @@ def tokenizer_config(max_length: int) -> dict:
         "chat_template": CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": False,
         "model_max_length": max_length,
+        "morpheme_aware": morpheme_aware,
     }
 
 
@@ -112,7 +116,7 @@ def train_tokenizer(
         if stats["documents"] == 0:
             raise UserError(f"{corpus}: no training documents" + (f" with labels {labels}" if labels else ""))
         tok.save(str(tmp / "tokenizer.json"))
-        write_json(tmp / "tokenizer_config.json", tokenizer_config(model_max_length))
+        write_json(tmp / "tokenizer_config.json", tokenizer_config(model_max_length, morpheme_aware))
         write_json(tmp / "special_tokens_map.json", {"eos_token": EOT, "pad_token": PAD})
         config = dict(vocab_size=vocab_size, morpheme_aware=morpheme_aware, min_frequency=min_frequency,
                       labels=labels, max_docs=max_docs, model_max_length=model_max_length)

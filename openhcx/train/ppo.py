@@ -443,9 +443,10 @@ def ppo(
     from openhcx.tokenizer.tokenizer import ENDOFTURN, EOT, PAD
     from openhcx.train.distributed import init_world
     from openhcx.train.reward import RewardModel
-    from openhcx.train.sft import load_tokenizer
 
-    tok = load_tokenizer(sft)
+    from openhcx.tokenizer.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(sft)
     conversations = read_prompts(prompts)
     records = read_heldout(heldout)[:eval_prompts]
     rendered = [render_prompt(m, tok) for m in conversations]

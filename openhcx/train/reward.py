@@ -36,7 +36,7 @@ from openhcx.train.batching import EpochLoader, Shape, pad_right, token_budget_b
 from openhcx.train.callbacks import read_metrics
 from openhcx.train.distributed import World, close_world, init_world
 from openhcx.train.losses import IGNORE_INDEX, bradley_terry_loss
-from openhcx.train.sft import (RunPlan, check_run_args, final_weights, heldout_split, load_tokenizer, run_plan,
+from openhcx.train.sft import (RunPlan, check_run_args, final_weights, heldout_split, run_plan,
                                train_config)
 from openhcx.train.trainer import Trainer, to_device
 
@@ -282,7 +282,7 @@ def run_reward(args: dict, world: World) -> Path:
     if args["clip"] <= 0 or args["norm_samples"] < 2:
         raise UserError(f"clip={args['clip']}, norm_samples={args['norm_samples']}: need clip > 0, samples >= 2")
     tok_dir = args["tokenizer"] or args["sft"]
-    tok = load_tokenizer(tok_dir)
+    tok = Tokenizer.load(tok_dir)
     config = read_config(require_file(args["sft"], "SFT checkpoint"))
     data = load_pair_data(args["data"], tok, config.max_seq_len, args["max_tokens"], args["skip_bad"],
                           args["heldout_fraction"], args["seed"])

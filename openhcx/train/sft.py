@@ -198,17 +198,6 @@ def final_weights(trainer: Trainer) -> dict[str, Tensor]:
     return get_model_state_dict(trainer.inner_model, options=FULL)
 
 
-def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """The OpenHCX tokenizer of a tokenizer or checkpoint directory, encoding as it was trained."""
-    from tokenizers import Tokenizer as HFTokenizer
-
-    from openhcx.chat import morpheme_aware
-
-    directory = require_file(directory, "tokenizer directory")
-    file = require_file(Path(directory) / "tokenizer.json", "tokenizer.json")
-    return Tokenizer(HFTokenizer.from_file(str(file)), morpheme_aware=morpheme_aware(Path(directory)))
-
-
 @dataclass(frozen=True)
 class SFTData:
     train: list[Sample]
@@ -317,7 +306,7 @@ def sft(
 def run_sft(args: dict, world: World) -> Path:
     check_run_args(args)
     tok_dir = args["tokenizer"] or args["base"]
-    tok = load_tokenizer(tok_dir)
+    tok = Tokenizer.load(tok_dir)
     model, config = load_checkpoint(require_file(args["base"], "base checkpoint"), head="lm", dtype=torch.float32)
     if tok.vocab_size > config.vocab_size:
         raise UserError(f"{tok_dir}: tokenizer has {tok.vocab_size} tokens, the model {config.vocab_size}")
