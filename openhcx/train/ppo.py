@@ -440,11 +440,9 @@ def ppo(
     out_dir = Path(out)
     if (out_dir / "model").exists() and not overwrite:
         raise UserError(f"{out_dir / 'model'}: output already exists (pass overwrite=true to replace it)")
-    from openhcx.tokenizer.tokenizer import ENDOFTURN, EOT, PAD
+    from openhcx.tokenizer.tokenizer import ENDOFTURN, EOT, PAD, Tokenizer
     from openhcx.train.distributed import init_world
     from openhcx.train.reward import RewardModel
-
-    from openhcx.tokenizer.tokenizer import Tokenizer
 
     tok = Tokenizer.load(sft)
     conversations = read_prompts(prompts)
