@@ -64,3 +64,21 @@ def test_tiny_vocabulary_and_unknown_recipe_key(demo_corpus, tmp_path):
     recipe.write_text("tokeniser:\n  vocab_size: 1000\n")
     r = openhcx("run", "--recipe", str(recipe), "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and "unknown section 'tokeniser'" in r.stderr
+
+
+def test_artifacts_get_ordinary_permissions(tmp_path):
+    """Temp paths are private while written; the renamed artifact follows the umask like any file."""
+    import os
+
+    from openhcx.io import atomic_dir, atomic_file
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "f.json") as f:
+            f.write("{}")
+        with atomic_dir(tmp_path / "d"):
+            pass
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -52,6 +52,20 @@ class EvalResults:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
+    def summary(self) -> str:
+        """Per-task metrics and the category scores as Markdown, for the terminal."""
+        lines = ["| task | n | shots | metrics |", "|---|---|---|---|"]
+        for name, r in self.tasks.items():
+            metrics = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items())
+            lines.append(f"| {name} | {r.n} | {r.shots} | {metrics} |")
+        lines += ["", "| category | score | missing benchmarks |", "|---|---|---|"]
+        for c in self.categories:
+            score = "missing" if c.score is None else f"{c.score:.2f}"
+            lines.append(f"| {c.name} | {score} | {', '.join(c.missing)} |")
+        overall = "missing" if self.overall is None else f"{self.overall:.2f}"
+        lines.append(f"| **Overall** (mean of categories present) | {overall} | |")
+        return "\n".join(lines)
+
 
 def sample_shots(task: Task, items: list[Item], pool: list[Item], k: int, seed: int) -> list[list[Item]]:
     """Few-shot examples per item, drawn exactly as lm-eval draws them (one seeded stream per task)."""
@@ -170,9 +184,12 @@ def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int
         raise UserError(f"mode: {mode!r} is not one of {MODES}")
     REGISTRY.expand(tasks)  # unknown names fail before the model loads
     backend = open_backend(model, dtype=dtype, device=device, batch_tokens=batch_tokens)
-    return evaluate_backend(backend, model, tasks, out=out, shots=shots, limit=limit, mode=mode, seed=seed,
-                            data_root=data_root, data=data, tracking_uri=tracking_uri, progress=progress,
-                            config=dict(dtype=dtype, device=device, batch_tokens=batch_tokens))
+    results = evaluate_backend(backend, model, tasks, out=out, shots=shots, limit=limit, mode=mode, seed=seed,
+                               data_root=data_root, data=data, tracking_uri=tracking_uri, progress=progress,
+                               config=dict(dtype=dtype, device=device, batch_tokens=batch_tokens))
+    if progress:
+        print(results.summary())
+    return results
 
 
 def evaluate_backend(backend: Backend, model: str, tasks: list[str], *, out: str | None = None,
