@@ -7,6 +7,7 @@ tokenizer-plain-bpe, shards) and writes under <run>/experiments:
   recipe's FIM defaults), built once;
 - one `openhcx pretrain` run per (shards, seed): the same tiny model, steps, batch and seq_len;
 - results.json, and the markdown tables printed at the end.
+With --steps other than the protocol's 100, runs and results.json go to <run>/experiments/steps<N>.
 
 Measured:
 1. bits per byte of the held-out documents per corpus label (ko, en, code): summed next-token loss in bits
@@ -14,20 +15,24 @@ Measured:
    unigram baseline is a token unigram model (add-one smoothing) fitted on the same shards' train split,
    scored on the same tokens;
 2. fill-in-the-middle on held-out code, model trained with FIM against the same model trained without:
-   greedy PSM infilling exact match on the shards' infill.jsonl (random middles) and on single lines
-   (each line's text is the middle), and bits per byte of the true middle given the PSM prompt;
+   greedy PSM infilling exact match and character similarity on the shards' infill.jsonl (random middles)
+   and on single lines (each line's text is the middle), and bits per byte of the true middle's tokens
+   given the PSM prompt, and given the prefix alone (left to right, no sentinels): the gap between the two
+   is what seeing the suffix is worth to the model;
 3. the tokenizer ablation: morpheme-aware against plain BPE of equal vocabulary, same steps x batch x
-   seq_len (so the same FLOPs, but not the same bytes: tokens per byte are reported), over several seeds.
+   seq_len (so the same FLOPs, but not the same bytes: the training bytes each run saw are counted by
+   replaying its loader), over several seeds.
 
-Usage (3 to 10 minutes per training run on 2 shared CPU cores; runs whose model exists are reused;
---report prints the tables of the runs done so far):
-    python scripts/pretrain_experiments.py --run runs/demo
+Usage (3 to 10 minutes per training run on one thread of a shared CPU; runs whose model exists are
+reused; --report prints the tables of the runs done so far):
+    OMP_NUM_THREADS=1 python scripts/pretrain_experiments.py --run runs/demo --seeds 0 1 2 --fim-seeds 0 1
 Not a benchmark harness: one fixed small protocol, stated in docs/pretraining.md and docs/tokenizer.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import statistics
@@ -40,8 +45,9 @@ import torch.nn.functional as F
 
 from openhcx.data.corpus import iter_documents
 from openhcx.data.fim import EOT_ID, MID_ID, PRE_ID, SUF_ID, FimConfig
-from openhcx.data.shards import build_shards
+from openhcx.data.shards import TokenLoader, build_shards
 from openhcx.model.generate import FimTokens, Sampling, infill, psm_prompt
+from openhcx.io import write_json
 from openhcx.model.hf import load_checkpoint
 from openhcx.tokenizer.tokenizer import NUM_RESERVED, Tokenizer
 from openhcx.train.pretrain import pretrain
@@ -77,11 +83,17 @@ class Heldout:
 
 @dataclass
 class Infill:
+    """Greedy infilling scores (exact match, mean difflib similarity ratio of the stripped texts) per task
+    set, and bits per byte of the true middles' tokens over both sets, given the PSM prompt or the prefix."""
+
     exact_match: float
+    char_similarity: float
     tasks: int
     line_exact_match: float
+    line_char_similarity: float
     line_tasks: int
-    middle_bpb: float
+    middle_bpb_psm: float
+    middle_bpb_prefix_only: float
 
 
 def build_if_missing(run: Path, out: Path) -> dict[str, tuple[Path, Path]]:
@@ -104,6 +116,16 @@ def train(shards: Path, tokenizer: Path, out: Path, seed: int, p: Protocol) -> P
                  checkpoint_every=p.steps, keep_checkpoints=1,
                  mlflow=False, progress=False)
     return out / "model"
+
+
+def trained_bytes(shards: Path, tokenizer: Path, seed: int, p: Protocol) -> int:
+    """UTF-8 bytes behind the target tokens of every training step (sentinels and <|endoftext|> count 0):
+    the pretraining loader replayed with the run's seed, batch and seq_len."""
+    loader, tok, total = TokenLoader(shards, split="train", seed=seed), Tokenizer.load(tokenizer), 0
+    for _ in range(p.steps):
+        ids = loader.next_batch(p.batch_size, p.seq_len).targets.flatten().tolist()
+        total += sum(b for i, b in zip(ids, tok.token_bytes(ids)) if i >= NUM_RESERVED)
+    return total
 
 
 def unigram_bits(shards: Path, vocab_size: int) -> np.ndarray:
@@ -177,9 +199,11 @@ def infill_tasks(shards: Path, corpus: Path) -> tuple[list[dict], list[dict]]:
 
 
 def psm(tok: Tokenizer, task: dict) -> tuple[list[int], list[int], list[int], int]:
-    """Prefix and suffix windows around the gap, the scored middle ids, and the bytes they stand for."""
+    """Prefix and suffix windows around the gap, the scored middle ids, and the bytes they stand for.
+
+    The closing <|endoftext|> is not scored: left to right, a suffix follows the middle, not an end."""
     prefix, middle, suffix = tok.encode_batch([task["prefix"], task["middle"], task["suffix"]])
-    scored = middle[:MIDDLE_TOKENS] + ([EOT_ID] if len(middle) <= MIDDLE_TOKENS else [])
+    scored = middle[:MIDDLE_TOKENS]
     size = sum(b for i, b in zip(scored, tok.token_bytes(scored)) if i >= NUM_RESERVED)
     return prefix[-PREFIX_TOKENS:], suffix[:SUFFIX_TOKENS], scored, size
 
@@ -190,29 +214,40 @@ def infill_scores(model: Path, tokenizer: Path, random_middles: list[dict], line
     net.eval()
     tok = Tokenizer.load(tokenizer)
 
-    def exact(tasks: list[dict], budget: int) -> float:
-        hits = 0
+    def greedy(tasks: list[dict], budget: int) -> tuple[float, float]:
+        """Exact match and mean character similarity of the greedy middles."""
+        hits, similarity = 0, 0.0
         for task in tasks:
             prefix, suffix, _, _ = psm(tok, task)
-            got = infill(net, prefix, suffix, FIM, Sampling(max_new_tokens=budget), decode=tok.decode)
-            hits += got.text.strip() == task["middle"].strip()
-        return hits / len(tasks)
+            got = infill(net, prefix, suffix, FIM, Sampling(max_new_tokens=budget), decode=tok.decode).text.strip()
+            want = task["middle"].strip()
+            hits += got == want
+            similarity += difflib.SequenceMatcher(None, got, want, autojunk=False).ratio()
+        return hits / len(tasks), similarity / len(tasks)
 
-    prompts, middles, sizes = [], [], []
-    for task in random_middles + lines:
-        prefix, suffix, scored, size = psm(tok, task)
-        prompts.append(psm_prompt(prefix, suffix, FIM))
-        middles.append(scored)
-        sizes.append(size)
-    bits = token_bits(net, [p + m for p, m in zip(prompts, middles)], [len(p) for p in prompts], config.max_seq_len)
-    return Infill(exact_match=exact(random_middles, 64), tasks=len(random_middles),
-                  line_exact_match=exact(lines, 24), line_tasks=len(lines), middle_bpb=sum(bits) / sum(sizes))
+    def middle_bpb(contexts: list[list[int]], middles: list[list[int]], size: int) -> float:
+        bits = token_bits(net, [c + m for c, m in zip(contexts, middles)], [len(c) for c in contexts],
+                          config.max_seq_len)
+        return sum(bits) / size
+
+    windows = [psm(tok, task) for task in random_middles + lines]
+    middles, size = [w[2] for w in windows], sum(w[3] for w in windows)
+    exact, similar = greedy(random_middles, 64)
+    line_exact, line_similar = greedy(lines, 24)
+    return Infill(exact_match=exact, char_similarity=similar, tasks=len(random_middles),
+                  line_exact_match=line_exact, line_char_similarity=line_similar, line_tasks=len(lines),
+                  middle_bpb_psm=middle_bpb([psm_prompt(p, s, FIM) for p, s, _, _ in windows], middles, size),
+                  middle_bpb_prefix_only=middle_bpb([[EOT_ID] + p for p, _, _, _ in windows], middles, size))
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], digits: int = 3) -> str:
     mean = statistics.mean(values)
     half = (max(values) - min(values)) / 2
-    return f"{mean:.3f} ± {half:.3f}" if len(values) > 1 else f"{mean:.3f}"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def seeds_of(runs: dict, variant: str) -> list[dict]:
+    return [r for k, r in runs.items() if k.rsplit("-seed", 1)[0] == variant]
 
 
 def tables(results: dict) -> str:
@@ -224,47 +259,58 @@ def tables(results: dict) -> str:
                 "| label | tokens | bytes | tiny model | unigram baseline |", "|---|---|---|---|---|"]
         out += [f"| {l} | {m0['tokens'][l]:,} | {m0['bytes'][l]:,} | {m0['bpb'][l]:.3f} | "
                 f"{m0['unigram_bpb'][l]:.3f} |" for l in LABELS]
-    fim_runs = [(n, t) for n, t in (("morph-seed0", "FIM rate 0.5"), ("morph-nofim-seed0", "FIM rate 0")) if n in runs]
+    fim_runs = [(v, t) for v, t in (("morph", "FIM rate 0.5"), ("morph-nofim", "FIM rate 0"))
+                if any("infill" in r for r in seeds_of(runs, v))]
     if fim_runs:
-        out += ["", "### Fill-in-the-middle on held-out code (seed 0)", "",
-                "| training data | infill.jsonl exact match | single-line exact match | middle bits per byte |",
-                "|---|---|---|---|"]
-    for name, title in fim_runs:
-        f = runs[name]["infill"]
-        out.append(f"| {title} | {f['exact_match']:.3f} ({f['tasks']}) | {f['line_exact_match']:.3f} "
-                   f"({f['line_tasks']}) | {f['middle_bpb']:.3f} |")
+        out += ["", "### Fill-in-the-middle on held-out code (mean ± half-range over seeds)", "",
+                "| training data | seeds | infill.jsonl exact match | infill.jsonl char. similarity "
+                "| line exact match | line char. similarity | middle bpb, PSM prompt | middle bpb, prefix only "
+                "| held-out code bpb |", "|---|---|---|---|---|---|---|---|---|"]
+    for variant, title in fim_runs:
+        rs = [r for r in seeds_of(runs, variant) if "infill" in r]
+        f = [r["infill"] for r in rs]
+        cells = [f"{spread([x['exact_match'] for x in f])} ({f[0]['tasks']})",
+                 spread([x["char_similarity"] for x in f]),
+                 f"{spread([x['line_exact_match'] for x in f])} ({f[0]['line_tasks']})",
+                 spread([x["line_char_similarity"] for x in f]),
+                 spread([x["middle_bpb_psm"] for x in f]), spread([x["middle_bpb_prefix_only"] for x in f]),
+                 spread([r["heldout"]["bpb"]["code"] for r in rs])]
+        out.append(f"| {title} | {len(rs)} | " + " | ".join(cells) + " |")
     out += ["", "### Tokenizer ablation (mean ± half-range over seeds)", "",
-            "| tokenizer | ko bpb | en bpb | code bpb | ko bytes/token | en bytes/token | code bytes/token |",
-            "|---|---|---|---|---|---|---|"]
+            "| tokenizer | seeds | ko bpb | en bpb | code bpb | ko bytes/token | en bytes/token | code bytes/token "
+            "| training bytes seen |", "|---|---|---|---|---|---|---|---|---|"]
     for variant in ("morph", "plain-bpe"):
-        seeds = [r for k, r in runs.items() if k.startswith(variant + "-seed")]
+        seeds = seeds_of(runs, variant)
         if not seeds:
             continue
         h = seeds[0]["heldout"]
         cells = [spread([r["heldout"]["bpb"][l] for r in seeds]) for l in LABELS]
         cells += [f"{h['bytes'][l] / h['tokens'][l]:.2f}" for l in LABELS]
-        out.append(f"| {variant} ({len(seeds)} seeds) | " + " | ".join(cells) + " |")
+        cells.append(spread([r["trained_bytes"] for r in seeds], 0))
+        out.append(f"| {variant} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/demo", help="run directory of `openhcx run --recipe recipes/tiny.yaml`")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the tokenizer ablation")
+    ap.add_argument("--fim-seeds", type=int, nargs="+", default=[0], help="seeds of the FIM against no-FIM runs")
     ap.add_argument("--steps", type=int, default=Protocol.steps)
     ap.add_argument("--report", action="store_true", help="only print the tables of the runs done so far")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # the machine is shared: one thread per run, one run at a time
     run = Path(args.run)
-    out = run / "experiments"
+    shared = run / "experiments"
+    # Runs and results of another step count live apart: a finished run is reused by its directory name.
+    out = shared if args.steps == Protocol.steps else shared / f"steps{args.steps}"
     if args.report:
         print(tables(json.loads((out / "results.json").read_text())))
         return
     protocol = Protocol(steps=args.steps)
-    variants = build_if_missing(run, out)
-    first, *more = args.seeds
-    plan = [("morph", first), ("morph-nofim", first), ("plain-bpe", first)]
-    plan += [(v, s) for s in more for v in ("morph", "plain-bpe")]
+    variants = build_if_missing(run, shared)
+    plan = [(v, s) for s in args.seeds for v in ("morph", "plain-bpe")]
+    plan += [("morph-nofim", s) for s in args.fim_seeds]
     random_middles, lines = infill_tasks(run / "shards", run / "corpus")
     results = {"protocol": asdict(protocol), "runs": {}}
     for variant, seed in plan:
@@ -272,12 +318,13 @@ def main() -> None:
         name = f"{variant}-seed{seed}"
         model = train(shards, tokenizer, out / name, seed, protocol)
         entry = {"heldout": asdict(heldout(model, tokenizer, shards, run / "corpus"))}
-        if variant.startswith("morph") and seed == first:
+        if variant.startswith("morph") and seed in args.fim_seeds:
             entry["infill"] = asdict(infill_scores(model, tokenizer, random_middles, lines))
         entry["final_loss"] = json.loads((model / "manifest.json").read_text())["final_loss"]
+        entry["trained_bytes"] = trained_bytes(shards, tokenizer, seed, protocol)
         results["runs"][name] = entry
         print(name, json.dumps(entry), flush=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        write_json(out / "results.json", results)
     print(tables(results))
 
 
