@@ -99,3 +99,6 @@ def run(recipe: str = "recipes/tiny.yaml", out: str = "runs/demo") -> None:
         print(f"== {artifact}: {fn.__name__}", flush=True)
         fn(**args)
         print(f"== {artifact} done in {time.perf_counter() - start:.1f}s", flush=True)
+    print(f"\nArtifacts in {out}/ (each with manifest.json):")
+    for artifact, _, _ in calls:
+        print(f"  {Path(out) / artifact}")
