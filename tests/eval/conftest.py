@@ -45,33 +45,37 @@ def smol():
     return load_hf(path)
 
 
-def _tiny_tokenizer():
-    """A 512-token byte-level BPE (every text encodes); small so the tiny model runs in milliseconds."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def _tiny_tokenizer(directory: Path) -> int:
+    """A 512-token OpenHCX tokenizer directory (byte-level, so every text encodes); returns its vocab size."""
+    from tokenizers import trainers
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    from openhcx.io import write_json
+    from openhcx.tokenizer.tokenizer import SPECIAL_TOKENS
+    from openhcx.tokenizer.train import BYTE_ALPHABET, empty_tokenizer, tokenizer_config
+
+    tok = empty_tokenizer()
     text = ["The following are multiple choice questions (with answers) about anatomy. Answer: A B C D",
             "전쟁이 시작되었다. 병사들이 전투에 파견되었다. 질문: 답변: 예 아니오 문장: 긍정 부정 그래서 왜냐하면"] * 20
-    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"],
-                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL_TOKENS,
+                                                     initial_alphabet=BYTE_ALPHABET, show_progress=False))
+    tok.save(str(directory / "tokenizer.json"))
+    write_json(directory / "tokenizer_config.json", tokenizer_config(2048, morpheme_aware=False))
+    return tok.get_vocab_size()
 
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    """A random 2-layer Llama in a plain Hugging Face directory: the shape of an OpenHCX checkpoint."""
+    """A random 2-layer OpenHCX checkpoint (our model and tokenizer, written by save_checkpoint)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = _tiny_tokenizer()
+    from openhcx.model.hf import save_checkpoint
+    from openhcx.model.transformer import ModelConfig, Transformer
+
+    tok_dir = tmp_path_factory.mktemp("tiny_tok")
+    vocab = _tiny_tokenizer(tok_dir)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    out = tmp_path_factory.mktemp("tiny_ckpt")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
+    config = ModelConfig(vocab_size=vocab, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                         max_seq_len=2048, tie_embeddings=True, eos_token_id=0, pad_token_id=1)
+    out = tmp_path_factory.mktemp("tiny_ckpt") / "model"
+    save_checkpoint(Transformer(config), config, out, tokenizer_dir=tok_dir)
     return out
