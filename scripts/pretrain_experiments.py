@@ -253,12 +253,15 @@ def seeds_of(runs: dict, variant: str) -> list[dict]:
 def tables(results: dict) -> str:
     """Markdown tables of whatever runs results.json holds so far."""
     runs, out = results["runs"], []
-    if "morph-seed0" in runs:
-        m0 = runs["morph-seed0"]["heldout"]
-        out += ["### Held-out bits per byte (morpheme-aware tokenizer, FIM shards, seed 0)", "",
-                "| label | tokens | bytes | tiny model | unigram baseline |", "|---|---|---|---|---|"]
-        out += [f"| {l} | {m0['tokens'][l]:,} | {m0['bytes'][l]:,} | {m0['bpb'][l]:.3f} | "
-                f"{m0['unigram_bpb'][l]:.3f} |" for l in LABELS]
+    morph = [r["heldout"] for r in seeds_of(runs, "morph")]
+    if morph:
+        h = morph[0]
+        out += ["### Held-out bits per byte (morpheme-aware tokenizer, FIM shards)", "",
+                "| label | tokens | bytes | tiny model, mean ± half-range | seeds below the baseline "
+                "| unigram baseline |", "|---|---|---|---|---|---|"]
+        out += [f"| {l} | {h['tokens'][l]:,} | {h['bytes'][l]:,} | {spread([m['bpb'][l] for m in morph])} | "
+                f"{sum(m['bpb'][l] < m['unigram_bpb'][l] for m in morph)} of {len(morph)} | "
+                f"{h['unigram_bpb'][l]:.3f} |" for l in LABELS]
     fim_runs = [(v, t) for v, t in (("morph", "FIM rate 0.5"), ("morph-nofim", "FIM rate 0"))
                 if any("infill" in r for r in seeds_of(runs, v))]
     if fim_runs:
@@ -276,17 +279,18 @@ def tables(results: dict) -> str:
                  spread([x["middle_bpb_psm"] for x in f]), spread([x["middle_bpb_prefix_only"] for x in f]),
                  spread([r["heldout"]["bpb"]["code"] for r in rs])]
         out.append(f"| {title} | {len(rs)} | " + " | ".join(cells) + " |")
-    out += ["", "### Tokenizer ablation (mean ± half-range over seeds)", "",
-            "| tokenizer | seeds | ko bpb | en bpb | code bpb | ko bytes/token | en bytes/token | code bytes/token "
+    out += ["", "### Tokenizer ablation (mean ± half-range over seeds; the tokenizer's unigram baseline in brackets)",
+            "", "| tokenizer | seeds | ko bpb | en bpb | code bpb | ko bytes/token | en bytes/token | code bytes/token "
             "| training bytes seen |", "|---|---|---|---|---|---|---|---|---|"]
     for variant in ("morph", "plain-bpe"):
         seeds = seeds_of(runs, variant)
         if not seeds:
             continue
         h = seeds[0]["heldout"]
-        cells = [spread([r["heldout"]["bpb"][l] for r in seeds]) for l in LABELS]
+        cells = [f"{spread([r['heldout']['bpb'][l] for r in seeds])} ({h['unigram_bpb'][l]:.3f})" for l in LABELS]
         cells += [f"{h['bytes'][l] / h['tokens'][l]:.2f}" for l in LABELS]
-        cells.append(spread([r["trained_bytes"] for r in seeds], 0))
+        bytes_seen = [r["trained_bytes"] for r in seeds]
+        cells.append(f"{statistics.mean(bytes_seen):,.0f} ({min(bytes_seen):,} to {max(bytes_seen):,})")
         out.append(f"| {variant} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -309,8 +313,9 @@ def main() -> None:
         return
     protocol = Protocol(steps=args.steps)
     variants = build_if_missing(run, shared)
-    plan = [(v, s) for s in args.seeds for v in ("morph", "plain-bpe")]
-    plan += [("morph-nofim", s) for s in args.fim_seeds]
+    plan = [(v, s) for s in sorted(set(args.seeds) | set(args.fim_seeds))
+            for v, wanted in (("morph", True), ("plain-bpe", s in args.seeds), ("morph-nofim", s in args.fim_seeds))
+            if wanted]
     random_middles, lines = infill_tasks(run / "shards", run / "corpus")
     results = {"protocol": asdict(protocol), "runs": {}}
     for variant, seed in plan:
