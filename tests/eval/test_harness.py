@@ -191,3 +191,34 @@ def test_openai_backend_generates_through_http():
     path, body = seen[0]
     assert path == "/v1/completions" and body["prompt"] == "Q: 6*7?\nA:" and body["stop"] == ["\n\n"]
     assert body["temperature"] == 0.0 and body["max_tokens"] == 16
+
+
+@pytest.mark.slow
+def test_sigkilled_cli_run_resumes_from_its_cache(tiny_ckpt, bench, tmp_path):
+    """`openhcx eval` killed with SIGKILL mid-run, then the same command again: same scores as a clean run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "openhcx.cli", "eval", "--model", str(tiny_ckpt), "--tasks", "[kobest_boolq]",
+           "--limit", "400", "--data_root", str(bench), "--batch_tokens", "1024", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cache = out / "cache.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if cache.exists() and cache.read_text().count("\n") >= 32:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "results.json").exists()
+    before = cache.read_text().splitlines()
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    after = cache.read_text().splitlines()
+    assert after[:len(before) - 1] == before[:-1]  # the cache was kept and appended to, not rebuilt
+    clean = evaluate(str(tiny_ckpt), ["kobest_boolq"], limit=400, data_root=str(bench), batch_tokens=1024,
+                     progress=False)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["tasks"]["kobest_boolq"]["metrics"] == clean.tasks["kobest_boolq"].metrics
