@@ -84,7 +84,9 @@ class Heldout:
 @dataclass
 class Infill:
     """Greedy infilling scores (exact match, mean difflib similarity ratio of the stripped texts) per task
-    set, and bits per byte of the true middles' tokens over both sets, given the PSM prompt or the prefix."""
+    set; bits per byte of the true middles' tokens over both sets, given the PSM prompt or the prefix; and
+    the mean bits of <|endoftext|> right after a whole true middle in PSM: knowing where the middle ends
+    is the one thing only FIM training teaches."""
 
     exact_match: float
     char_similarity: float
@@ -94,6 +96,8 @@ class Infill:
     line_tasks: int
     middle_bpb_psm: float
     middle_bpb_prefix_only: float
+    end_bits: float
+    end_tasks: int
 
 
 def build_if_missing(run: Path, out: Path) -> dict[str, tuple[Path, Path]]:
@@ -232,12 +236,16 @@ def infill_scores(model: Path, tokenizer: Path, random_middles: list[dict], line
 
     windows = [psm(tok, task) for task in random_middles + lines]
     middles, size = [w[2] for w in windows], sum(w[3] for w in windows)
+    whole = [psm_prompt(p, s, FIM) + m for (p, s, m, _), t in zip(windows, random_middles + lines)
+             if len(m) == len(tok.encode(t["middle"]))]
+    end = token_bits(net, [w + [EOT_ID] for w in whole], [len(w) for w in whole], config.max_seq_len)
     exact, similar = greedy(random_middles, 64)
     line_exact, line_similar = greedy(lines, 24)
     return Infill(exact_match=exact, char_similarity=similar, tasks=len(random_middles),
                   line_exact_match=line_exact, line_char_similarity=line_similar, line_tasks=len(lines),
                   middle_bpb_psm=middle_bpb([psm_prompt(p, s, FIM) for p, s, _, _ in windows], middles, size),
-                  middle_bpb_prefix_only=middle_bpb([[EOT_ID] + p for p, _, _, _ in windows], middles, size))
+                  middle_bpb_prefix_only=middle_bpb([[EOT_ID] + p for p, _, _, _ in windows], middles, size),
+                  end_bits=sum(end) / len(end), end_tasks=len(end))
 
 
 def spread(values: list[float], digits: int = 3) -> str:
@@ -268,7 +276,7 @@ def tables(results: dict) -> str:
         out += ["", "### Fill-in-the-middle on held-out code (mean ± half-range over seeds)", "",
                 "| training data | seeds | infill.jsonl exact match | infill.jsonl char. similarity "
                 "| line exact match | line char. similarity | middle bpb, PSM prompt | middle bpb, prefix only "
-                "| held-out code bpb |", "|---|---|---|---|---|---|---|---|---|"]
+                "| bits of the end after the middle | held-out code bpb |", "|---|---|---|---|---|---|---|---|---|---|"]
     for variant, title in fim_runs:
         rs = [r for r in seeds_of(runs, variant) if "infill" in r]
         f = [r["infill"] for r in rs]
@@ -277,6 +285,7 @@ def tables(results: dict) -> str:
                  f"{spread([x['line_exact_match'] for x in f])} ({f[0]['line_tasks']})",
                  spread([x["line_char_similarity"] for x in f]),
                  spread([x["middle_bpb_psm"] for x in f]), spread([x["middle_bpb_prefix_only"] for x in f]),
+                 f"{spread([x['end_bits'] for x in f], 2)} ({f[0]['end_tasks']})",
                  spread([r["heldout"]["bpb"]["code"] for r in rs])]
         out.append(f"| {title} | {len(rs)} | " + " | ".join(cells) + " |")
     out += ["", "### Tokenizer ablation (mean ± half-range over seeds; the tokenizer's unigram baseline in brackets)",
