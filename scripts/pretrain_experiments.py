@@ -276,7 +276,8 @@ def tables(results: dict) -> str:
         out += ["", "### Fill-in-the-middle on held-out code (mean ± half-range over seeds)", "",
                 "| training data | seeds | infill.jsonl exact match | infill.jsonl char. similarity "
                 "| line exact match | line char. similarity | middle bpb, PSM prompt | middle bpb, prefix only "
-                "| bits of the end after the middle | held-out code bpb |", "|---|---|---|---|---|---|---|---|---|---|"]
+                "| suffix gain (prefix only - PSM) | bits of the end after the middle | held-out code bpb |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
     for variant, title in fim_runs:
         rs = [r for r in seeds_of(runs, variant) if "infill" in r]
         f = [r["infill"] for r in rs]
@@ -285,6 +286,7 @@ def tables(results: dict) -> str:
                  f"{spread([x['line_exact_match'] for x in f])} ({f[0]['line_tasks']})",
                  spread([x["line_char_similarity"] for x in f]),
                  spread([x["middle_bpb_psm"] for x in f]), spread([x["middle_bpb_prefix_only"] for x in f]),
+                 spread([x["middle_bpb_prefix_only"] - x["middle_bpb_psm"] for x in f], 4),
                  f"{spread([x['end_bits'] for x in f], 2)} ({f[0]['end_tasks']})",
                  spread([r["heldout"]["bpb"]["code"] for r in rs])]
         out.append(f"| {title} | {len(rs)} | " + " | ".join(cells) + " |")
