@@ -26,7 +26,8 @@ Measured:
 Usage (3 to 10 minutes per training run on one thread of a shared CPU; runs whose model exists are
 reused; --report prints the tables of the runs done so far):
     OMP_NUM_THREADS=1 python scripts/pretrain_experiments.py --run runs/demo --seeds 0 1 2 --fim-seeds 0 1
-Not a benchmark harness: one fixed small protocol, stated in docs/pretraining.md and docs/tokenizer.md.
+Not a benchmark harness: one small protocol at two lengths (100 and 400 steps), stated in
+docs/pretraining.md and docs/tokenizer.md.
 """
 
 from __future__ import annotations
@@ -311,7 +312,8 @@ def main() -> None:
     ap.add_argument("--run", default="runs/demo", help="run directory of `openhcx run --recipe recipes/tiny.yaml`")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the tokenizer ablation")
     ap.add_argument("--fim-seeds", type=int, nargs="+", default=[0], help="seeds of the FIM against no-FIM runs")
-    ap.add_argument("--steps", type=int, default=Protocol.steps)
+    ap.add_argument("--steps", type=int, default=Protocol.steps,
+                    help="optimizer steps; other than 100, runs go to <run>/experiments/steps<N>")
     ap.add_argument("--report", action="store_true", help="only print the tables of the runs done so far")
     args = ap.parse_args()
     torch.set_num_threads(1)  # the machine is shared: one thread per run, one run at a time
