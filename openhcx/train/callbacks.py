@@ -70,7 +70,7 @@ class ProgressBar(Callback):
             self.bar.close()
 
 
-def plot_loss(rows: list[dict], png: str | Path) -> None:
+def plot_loss(rows: list[dict], png: str | Path, title: str = "training loss") -> None:
     """Training loss against step, with the context-length switch marked."""
     import matplotlib
 
@@ -83,7 +83,7 @@ def plot_loss(rows: list[dict], png: str | Path) -> None:
     if switch is not None:
         ax.axvline(switch, color="grey", ls="--", lw=1, label=f"context {rows[-1]['seq_len']}")
         ax.legend()
-    ax.set(xlabel="step", ylabel="loss (nats per token)", title="pretraining loss")
+    ax.set(xlabel="step", ylabel="loss (nats per token)", title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_file(png, "wb") as f:
@@ -94,10 +94,10 @@ def plot_loss(rows: list[dict], png: str | Path) -> None:
 class LossCurve(Callback):
     """Draws the whole run's loss (resumed parts included) from the metrics file when training ends."""
 
-    def __init__(self, metrics: str | Path, png: str | Path):
-        self.metrics, self.png = Path(metrics), Path(png)
+    def __init__(self, metrics: str | Path, png: str | Path, title: str = "training loss"):
+        self.metrics, self.png, self.title = Path(metrics), Path(png), title
 
     def on_train_end(self, trainer: Trainer) -> None:
         rows = read_metrics(self.metrics) if trainer.world.is_main else []
         if rows:
-            plot_loss(rows, self.png)
+            plot_loss(rows, self.png, self.title)

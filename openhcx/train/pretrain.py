@@ -205,7 +205,7 @@ def run_pretraining(plan: PretrainPlan, loader, world: World) -> Path:
     inputs = {"tokenizer": str(plan.tokenizer), "shards": str(plan.args.get("shards"))}
     callbacks = [Checkpointer(root, plan.checkpoint_every, plan.keep_checkpoints, plan.model, plan.tokenizer,
                               plan.args, inputs),
-                 MetricsLog(out / "metrics.jsonl"), LossCurve(out / "metrics.jsonl", out / "loss.png")]
+                 MetricsLog(out / "metrics.jsonl"), LossCurve(out / "metrics.jsonl", out / "loss.png", "pretraining loss")]
     if plan.progress:
         callbacks.append(ProgressBar())
     if plan.mlflow:

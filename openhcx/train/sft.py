@@ -169,7 +169,7 @@ def run_plan(plan: RunPlan, model: nn.Module, loader: EpochLoader, loss_fn: Call
     callbacks: list[Callback] = [
         Checkpointer(root, plan.checkpoint_every, plan.keep_checkpoints, plan.model, plan.inputs["tokenizer"],
                      plan.args, plan.inputs),
-        MetricsLog(out / "metrics.jsonl"), LossCurve(out / "metrics.jsonl", out / "loss.png")]
+        MetricsLog(out / "metrics.jsonl"), LossCurve(out / "metrics.jsonl", out / "loss.png", f"{plan.stage} loss")]
     if plan.progress:
         callbacks.append(ProgressBar())
     tracker = None
