@@ -61,3 +61,21 @@ def demo_tokenizer(demo_corpus, tmp_path_factory) -> Path:
     from openhcx.tokenizer.train import train_tokenizer
 
     return train_tokenizer(str(demo_corpus), str(tmp_path_factory.mktemp("tok") / "tok"), vocab_size=6000, workers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(demo_tokenizer, tmp_path_factory) -> Path:
+    """A freshly initialised 2-layer language model over the demo tokenizer, saved as a HF checkpoint
+    (the base for SFT tests, the stand-in SFT model for reward tests)."""
+    import torch
+
+    from openhcx.model.hf import save_checkpoint
+    from openhcx.model.transformer import ModelConfig, Transformer
+    from openhcx.tokenizer.tokenizer import PAD, Tokenizer
+
+    tok = Tokenizer.load(demo_tokenizer)
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                         max_seq_len=256, eos_token_id=0, pad_token_id=tok.id(PAD))
+    path = tmp_path_factory.mktemp("tiny-lm") / "model"
+    return save_checkpoint(Transformer(config), config, path, demo_tokenizer, inputs={"tokenizer": str(demo_tokenizer)})

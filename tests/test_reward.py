@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from openhcx.io import UserError
-from openhcx.model.hf import save_checkpoint
 from openhcx.model.transformer import ModelConfig, Transformer
 from openhcx.tokenizer.tokenizer import PAD
 from openhcx.train.batching import EpochLoader
@@ -31,26 +30,15 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny_sft(demo_tokenizer, tmp_path_factory) -> Path:
-    """A freshly initialised 2-layer language model over the demo tokenizer, standing in for an SFT model."""
-    tok = Tokenizer.load(demo_tokenizer)
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
-                         max_seq_len=256, eos_token_id=0, pad_token_id=tok.id(PAD))
-    path = tmp_path_factory.mktemp("sft") / "model"
-    return save_checkpoint(Transformer(config), config, path, demo_tokenizer, inputs={"tokenizer": str(demo_tokenizer)})
-
-
-@pytest.fixture(scope="module")
 def pair_data(demo_tokenizer):
     """The demo pairs rendered once, a fifth of the prompts held out (the split `trained` uses)."""
     return load_pair_data([str(PAIRS)], Tokenizer.load(demo_tokenizer), 256, 2048, False, 0.2, 0)
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_sft, tmp_path_factory) -> Path:
+def trained(tiny_lm, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reward") / "run"
-    train_reward(str(tiny_sft), [str(PAIRS)], str(out), max_tokens=2048, lr=2e-3, min_lr=2e-4, warmup_steps=3,
+    train_reward(str(tiny_lm), [str(PAIRS)], str(out), max_tokens=2048, lr=2e-3, min_lr=2e-4, warmup_steps=3,
                  heldout_fraction=0.2, norm_samples=5000, mlflow=False, progress=False, peak_flops=1e9)
     return out
 

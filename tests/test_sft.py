@@ -11,7 +11,7 @@ import torch
 
 from openhcx.data.chat import read_conversations, tokenize
 from openhcx.io import UserError
-from openhcx.model.hf import load_checkpoint, save_checkpoint
+from openhcx.model.hf import load_checkpoint
 from openhcx.model.transformer import ModelConfig, Transformer
 from openhcx.tokenizer.tokenizer import ENDOFTURN, PAD, Tokenizer
 from openhcx.train.losses import IGNORE_INDEX, token_cross_entropy
@@ -28,17 +28,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(demo_tokenizer, tmp_path_factory) -> Path:
-    """A freshly initialised 2-layer model over the demo tokenizer, saved as a HF checkpoint."""
-    tok = Tokenizer.load(demo_tokenizer)
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
-                         max_seq_len=256, eos_token_id=0, pad_token_id=tok.id(PAD))
-    path = tmp_path_factory.mktemp("base") / "model"
-    return save_checkpoint(Transformer(config), config, path, demo_tokenizer, inputs={"tokenizer": str(demo_tokenizer)})
 
 
 def test_masked_lm_loss_by_hand():
@@ -113,22 +102,22 @@ def test_heldout_split_is_seeded_and_disjoint():
     assert heldout_split(5, 0.0, 0) == ([0, 1, 2, 3, 4], [])
 
 
-def test_bad_input_writes_nothing(tiny_base, tmp_path):
+def test_bad_input_writes_nothing(tiny_lm, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]}\n')
     out = tmp_path / "run"
     with pytest.raises(UserError, match=rf"{bad}:1: .*unknown role 'robot'"):
-        sft(str(tiny_base), [str(bad)], str(out), mlflow=False, progress=False)
+        sft(str(tiny_lm), [str(bad)], str(out), mlflow=False, progress=False)
     assert not out.exists()
 
 
-def test_short_sft_lowers_heldout_assistant_loss_and_resumes(tiny_base, tmp_path, capsys):
+def test_short_sft_lowers_heldout_assistant_loss_and_resumes(tiny_lm, tmp_path, capsys):
     data = tmp_path / "sft.jsonl"
     data.write_text("\n".join(SFT_DATA.read_text(encoding="utf-8").splitlines()[:240]) + "\n", encoding="utf-8")
     out = tmp_path / "run"
     kwargs = dict(epochs=2, max_tokens=1536, lr=3e-3, min_lr=3e-4, warmup_steps=2, heldout_fraction=0.1,
                   checkpoint_every=10, mlflow=False, progress=False, peak_flops=1e9)
-    path = sft(str(tiny_base), [str(data)], str(out), show=1, **kwargs)
+    path = sft(str(tiny_lm), [str(data)], str(out), show=1, **kwargs)
     shown = capsys.readouterr().out
     assert f"--- {data}:" in shown and "⟦" in shown and "<|assistant|>·⟦" in shown
     manifest = json.loads((out / "manifest.json").read_text())
@@ -142,9 +131,9 @@ def test_short_sft_lowers_heldout_assistant_loss_and_resumes(tiny_base, tmp_path
     # The result is a HF directory with the tokenizer; transformers reads it with no custom code.
     model, config = load_checkpoint(path)
     assert config.head == "lm" and (path / "tokenizer.json").is_file() and (path / "tokenizer_config.json").is_file()
-    assert Tokenizer.load(path).morpheme_aware == Tokenizer.load(tiny_base).morpheme_aware
+    assert Tokenizer.load(path).morpheme_aware == Tokenizer.load(tiny_lm).morpheme_aware
     # Running again finds the finished run's last checkpoint and trains nothing more.
-    again = sft(str(tiny_base), [str(data)], str(out), **kwargs)
+    again = sft(str(tiny_lm), [str(data)], str(out), **kwargs)
     assert json.loads((out / "manifest.json").read_text())["steps"] == manifest["steps"]
     reloaded, _ = load_checkpoint(again)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
