@@ -20,6 +20,17 @@ def _shared_path(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a training module: on 2 shared cores, more threads mostly wait on each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def shared_path():
     """`shared_path("corpora", ...)`: a path under the shared data folder, or a skip saying why it is missing."""

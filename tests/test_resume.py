@@ -20,12 +20,13 @@ from openhcx.train.pretrain import pretrain
 
 try:
     from test_distributed import LAUNCH, losses
-    from test_trainer import args, data, one_thread  # noqa: F401 (fixtures)
+    from test_trainer import args, data  # noqa: F401 (the `data` fixture)
 except ImportError:  # tests/ collected as a package
     from tests.test_distributed import LAUNCH, losses
-    from tests.test_trainer import args, data, one_thread  # noqa: F401
+    from tests.test_trainer import args, data  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ROOT / "data/demo/preference.jsonl"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SFT_DATA = ROOT / "data/demo/sft.jsonl"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_masked_lm_loss_by_hand():
