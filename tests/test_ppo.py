@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from openhcx.io import UserError
-from openhcx.model.generate import Sampling
+from openhcx.model.generate import Sampling, generate
 from openhcx.model.hf import load_checkpoint, save_checkpoint
 from openhcx.model.transformer import ModelConfig, Transformer
 from openhcx.train.ppo import (
@@ -44,10 +44,11 @@ def random_prompts(n: int, seed: int, low: int = 3, high: int = 7) -> list[list[
             for _ in range(n)]
 
 
-def make_run(policy: Transformer, reward, prompts, config: PPOConfig, lag: int = 0) -> PPORun:
+def make_run(policy: Transformer, reward, prompts, config: PPOConfig, lag: int = 0, temperature: float = 1.0,
+             greedy: bool = False) -> PPORun:
     value = Transformer(TINY.replace(head="scalar"))
     worker = RolloutWorker(copy.deepcopy(policy), copy.deepcopy(policy).requires_grad_(False), reward,
-                           Sampling(max_new_tokens=RESPONSE, temperature=1.0), pad_id=0)
+                           Sampling(max_new_tokens=RESPONSE, temperature=temperature), pad_id=0, greedy=greedy)
     producer = RolloutProducer(worker, prompt_batches(prompts, config.batch_size, config.seed), lag=lag)
     return PPORun(PPOLearner(policy, value, config), producer)
 
@@ -56,9 +57,14 @@ def test_rollout_tensors_match_unpadded_forward_passes():
     torch.manual_seed(0)
     policy, reference = Transformer(TINY), Transformer(TINY)
     worker = RolloutWorker(policy, reference, FavourTokens({7}), Sampling(max_new_tokens=6, temperature=1.0,
-                                                                          stop_ids=(5,)), pad_id=0)
+                                                                          stop_ids=(5,)), pad_id=0, greedy=True)
     prompts = [[11, 12, 13], [20, 21, 22, 23, 24, 25, 26], [30]]
     r = worker.rollout(prompts, [0, 1, 2], seed=3)
+    greedy = generate(policy, prompts, Sampling(max_new_tokens=6, stop_ids=(5,)), pad_id=0)
+    for row, (prompt, done) in enumerate(zip(prompts, greedy)):
+        n = len(done.ids)
+        assert r.greedy.responses[row, :n].tolist() == done.ids and r.greedy.response_mask[row].sum() == n
+        assert r.greedy.ids[row, :len(prompt) + n].tolist() == prompt + done.ids
     for row, prompt in enumerate(prompts):
         n = int(r.response_mask[row].sum())
         response = r.responses[row, :n]
@@ -160,6 +166,26 @@ def test_unlikelihood_lowers_repetition_at_equal_steps():
     assert sum(rates[1.0][-3:]) / 3 < 0.45
 
 
+def test_greedy_unlikelihood_lowers_greedy_repetition_when_samples_do_not_repeat():
+    """The demo's situation: hot samples almost never repeat, so only the greedy continuations can teach the
+    policy that its greedy loops are unlikely; with weight 0 the same run keeps looping."""
+    base, prompts = repeating_model(), random_prompts(64, 2, low=4, high=5)
+    rates, sampled = {}, {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(1)
+        config = PPOConfig(steps=10, batch_size=16, minibatch_size=8, epochs=4, lr=1e-3, value_lr=1e-3,
+                           unlikelihood_weight=weight)
+        metrics = make_run(copy.deepcopy(base), FavourTokens(set()), prompts, config, temperature=4.0,
+                           greedy=True).fit().metrics
+        rates[weight] = [m.greedy_repetition_rate for m in metrics]
+        sampled[weight] = sum(m.repetition_rate for m in metrics) / len(metrics)
+    print("greedy repetition rate per step", rates, "sampled", sampled)
+    assert sampled[0.0] < 0.1 and sampled[1.0] < 0.1  # the sampled term has almost nothing to act on
+    assert rates[0.0][0] == rates[1.0][0] > 0.8  # equal start
+    assert min(rates[0.0]) > 0.8
+    assert sum(rates[1.0][-3:]) / 3 < 0.4
+
+
 def test_read_prompts_names_the_bad_line(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
@@ -198,6 +224,13 @@ def test_ppo_command_writes_the_policy(demo_tokenizer, tmp_path):
     # the written policy is the best-scoring evaluation's weights
     best = max(evals, key=lambda e: (e["constraints"], e["step"]))
     assert manifest["best_step"] == best["step"]
+    assert {"greedy_repetition_rate", "unlikelihood_loss"} <= set(rows[0])
     with pytest.raises(UserError, match="already exists"):
         ppo(str(sft), str(rm), [str(ROOT / "data/demo/sft.jsonl")], str(out), steps=1, batch_size=4,
             minibatch_size=2, progress=False, mlflow=False)
+    # keep=last writes the final update's policy whatever the evaluations said (comparisons at equal steps)
+    ppo(str(sft), str(rm), [str(ROOT / "data/demo/sft.jsonl")], str(out),
+        heldout=str(ROOT / "data/demo/heldout_prompts.jsonl"), steps=2, batch_size=4, minibatch_size=2, epochs=1,
+        max_new_tokens=8, eval_every=1, eval_prompts=4, lr=1e-3, keep="last", progress=False, mlflow=False,
+        overwrite=True)
+    assert json.loads((out / "manifest.json").read_text())["best_step"] == 2

@@ -5,11 +5,12 @@ the reward model scores each response at its last token, and the value model (on
 as the reward model. One step: the rollout producer (rollout.py) samples a batch of responses and scores
 them; the learner here turns them into per-token rewards (k1 KL penalty, coefficient 0.04 by default, fixed
 or adapted as in Ziegler et al. 2019), advantages by GAE, whitened, and runs several epochs of minibatches
-of the clipped policy loss (plus `unlikelihood_weight` x the sequence-level unlikelihood of repeated 4-grams)
-and the clipped value loss, with one optimizer per model. Every `eval_every` steps the policy answers the
+of the clipped policy loss (plus `unlikelihood_weight` x the sequence-level unlikelihood of repeated 4-grams,
+in the sampled responses and in greedy continuations of the same prompts) and the clipped value loss, with one optimizer per model. Every `eval_every` steps the policy answers the
 held-out instruction set greedily; the mean of the scorer's length and format parts (length, language,
 politeness) is the early-stopping signal: after `patience` evaluations in a row below the best, training
-stops, and the written policy is the best-scoring one (the SFT policy itself if PPO never beat it).
+stops, and the written policy is the best-scoring one (the SFT policy itself if PPO never beat it), or the
+last one with `keep="last"`.
 
 PPO does not use the supervised loop in trainer.py (its step is sampling, then several epochs over two
 models), but it reports through the same callbacks: metrics.jsonl and MLflow.
@@ -38,10 +39,10 @@ from openhcx.model.generate import Sampling, generate
 from openhcx.model.hf import load_checkpoint, save_checkpoint
 from openhcx.model.transformer import Transformer
 from openhcx.train.losses import (
-    KL_ESTIMATORS, gae, masked_mean, ppo_policy_loss, rewards_with_kl_penalty, sequence_unlikelihood_loss,
-    value_loss, whiten,
+    KL_ESTIMATORS, gae, masked_mean, ppo_policy_loss, repeated_ngram_mask, rewards_with_kl_penalty,
+    sequence_unlikelihood_loss, value_loss, whiten,
 )
-from openhcx.train.rollout import Rollout, RolloutProducer, RolloutWorker, at_responses
+from openhcx.train.rollout import Continuations, Rollout, RolloutProducer, RolloutWorker, at_responses
 from openhcx.train.rollout import response_logits, token_logprobs
 
 CONSTRAINT_PARTS = ("length", "language", "polite")
@@ -108,6 +109,7 @@ class PPOStepMetrics:
     entropy: float  # mean per response token
     response_length: float  # tokens
     repetition_rate: float  # share of responses repeating a word 4-gram
+    greedy_repetition_rate: float  # share of the prompts' greedy continuations repeating a token n-gram
     clip_fraction: float
     approx_kl: float  # policy movement within the update
     policy_loss: float
@@ -144,6 +146,12 @@ class PPOLearner:
             nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
         optimizer.step()
 
+    def _greedy_unlikelihood(self, g: Continuations) -> Tensor:
+        """Sequence-level unlikelihood on greedy continuations that repeat an n-gram (rows without one add 0)."""
+        width = g.responses.shape[1]
+        logp = token_logprobs(response_logits(self.policy, g.ids, g.attn_mask, g.prompt_lens, width), g.responses)
+        return sequence_unlikelihood_loss(logp, g.responses, g.response_mask.float(), self.config.unlikelihood_n)
+
     def update(self, r: Rollout) -> dict[str, float]:
         c = self.config
         mask, width = r.response_mask.float(), r.responses.shape[1]
@@ -153,6 +161,11 @@ class PPOLearner:
         rewards, _ = rewards_with_kl_penalty(r.scores, kl, mask, self.kl_coef)
         advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
         advantages = whiten(advantages, mask)
+        looping, greedy_repetition = None, 0.0
+        if r.greedy is not None:
+            repeats = repeated_ngram_mask(r.greedy.responses, r.greedy.response_mask, c.unlikelihood_n).any(1)
+            greedy_repetition = float(repeats.float().mean())
+            looping = r.greedy.rows(repeats.nonzero().squeeze(1)) if bool(repeats.any()) else None
         totals: dict[str, float] = {}
 
         def add(**values: Tensor) -> None:
@@ -166,8 +179,11 @@ class PPOLearner:
                 logits = response_logits(self.policy, r.ids[mb], r.attn_mask[mb], r.prompt_lens[mb], width)
                 logp = token_logprobs(logits, r.responses[mb])
                 policy = ppo_policy_loss(logp, r.logprobs[mb], advantages[mb], mask[mb], c.clip)
-                unlikelihood = (sequence_unlikelihood_loss(logp, r.responses[mb], mask[mb], c.unlikelihood_n)
-                                if c.unlikelihood_weight > 0 else torch.zeros(()))
+                unlikelihood = torch.zeros(())
+                if c.unlikelihood_weight > 0:
+                    unlikelihood = sequence_unlikelihood_loss(logp, r.responses[mb], mask[mb], c.unlikelihood_n)
+                    if looping is not None:
+                        unlikelihood = unlikelihood + self._greedy_unlikelihood(looping)
                 self._step(self.policy, self.policy_opt, policy.loss + c.unlikelihood_weight * unlikelihood)
                 values = at_responses(self.value(r.ids[mb], attn_mask=r.attn_mask[mb]), r.prompt_lens[mb], width)
                 value = value_loss(values.float(), old_values[mb], returns[mb], mask[mb], c.value_clip)
@@ -178,7 +194,8 @@ class PPOLearner:
                         value_clip_fraction=value.clip_fraction, unlikelihood_loss=unlikelihood)
                 passes += 1
         sequence_kl = float(kl.sum(1).mean())
-        stats = {k: v / passes for k, v in totals.items()} | {"kl": sequence_kl, "kl_coef": self.kl_coef}
+        stats = {k: v / passes for k, v in totals.items()} | {"kl": sequence_kl, "kl_coef": self.kl_coef,
+                                                              "greedy_repetition_rate": greedy_repetition}
         self.kl_coef = next_kl_coef(self.kl_coef, sequence_kl, c.kl_target, c.kl_gain)
         return stats
 
@@ -244,12 +261,12 @@ class PPORun:
 
     def __init__(self, learner: PPOLearner, producer: RolloutProducer, heldout: HeldoutSet | None = None,
                  eval_every: int = 5, patience: int = 3, callbacks: Sequence = (), progress: bool = False,
-                 world=None):
+                 world=None, keep_best: bool = True):
         from openhcx.train.distributed import World
 
         self.learner, self.producer, self.heldout = learner, producer, heldout
         self.eval_every, self.stopping = eval_every, EarlyStopping(patience)
-        self.callbacks, self.progress = list(callbacks), progress
+        self.callbacks, self.progress, self.keep_best = list(callbacks), progress, keep_best
         self.world = world or World(0, 1, learner.policy.model.norm.weight.device)
         self.step = 0
         self.evaluations: list[dict] = []
@@ -304,10 +321,11 @@ class PPORun:
             bar.close()
         for cb in self.callbacks:
             cb.on_train_end(self)
-        state = (self.stopping.best_state if self.stopping.best_state is not None
-                 else {k: v.detach().clone() for k, v in self.learner.policy.state_dict().items()})
-        best = self.stopping.best_step if self.stopping.best_state is not None else self.step
-        return PPOResult(self.step, stopped, best, self.evaluations, metrics, state)
+        if self.keep_best and self.stopping.best_state is not None:
+            state, kept = self.stopping.best_state, self.stopping.best_step
+        else:
+            state, kept = {k: v.detach().clone() for k, v in self.learner.policy.state_dict().items()}, self.step
+        return PPOResult(self.step, stopped, kept, self.evaluations, metrics, state)
 
 
 # ---- the command ------------------------------------------------------------------------------------------
@@ -380,8 +398,10 @@ def ppo(
     grad_clip: float = 1.0,
     unlikelihood_weight: float = 1.0,
     unlikelihood_n: int = 4,
+    greedy_unlikelihood: bool = True,
     eval_every: int = 5,
     patience: int = 3,
+    keep: Literal["best", "last"] = "best",
     eval_prompts: int = 64,
     lag: int = 0,
     seed: int = 0,
@@ -417,8 +437,12 @@ def ppo(
         grad_clip: Max gradient norm per model (0: no clipping).
         unlikelihood_weight: Weight of sequence-level unlikelihood on repeated n-grams (0 disables it).
         unlikelihood_n: n of the repeated n-grams the unlikelihood term penalises.
+        greedy_unlikelihood: Also continue every rollout prompt greedily and apply unlikelihood to the greedy
+            continuations that repeat an n-gram (sampled responses rarely loop; greedy ones do). Logs
+            greedy_repetition_rate either way.
         eval_every: Updates between held-out evaluations (one also runs before the first update).
-        patience: Stop after this many evaluations in a row below the best; the best policy is written.
+        patience: Stop after this many evaluations in a row below the best.
+        keep: Which policy to write: the best-evaluated one, or the last (to compare runs at equal steps).
         eval_prompts: Held-out prompts used per evaluation (the file's first ones).
         lag: Rollout batches the sampler may run ahead of the learner (0: strictly on-policy).
         seed: Seed for sampling, minibatch order and prompt order.
@@ -464,7 +488,8 @@ def ppo(
     scorer = RewardModel.load(reward, device=world.device)
     stops, pad = (tok.id(ENDOFTURN), tok.id(EOT)), tok.id(PAD)
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=1.0, stop_ids=stops)
-    worker = RolloutWorker(copy.deepcopy(policy), reference, scorer, sampling, pad, decode=tok.decode)
+    worker = RolloutWorker(copy.deepcopy(policy), reference, scorer, sampling, pad, decode=tok.decode,
+                           greedy=greedy_unlikelihood)
     producer = RolloutProducer(worker, prompt_batches(train_prompts, batch_size, seed), lag=lag, seed=seed)
     held = HeldoutSet(records, [render_prompt(r.messages, tok) for r in records], tok.decode, stops, pad,
                       max_new_tokens)
@@ -479,7 +504,7 @@ def ppo(
 
         callbacks.append(MLflowLogger(out_dir, experiment, out_dir.name, {**args, "config": asdict(config)}))
     result = PPORun(PPOLearner(policy, value, config), producer, held, eval_every, patience, callbacks,
-                    progress, world).fit()
+                    progress, world, keep_best=keep == "best").fit()
     with atomic_file(out_dir / "heldout.jsonl", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in result.evaluations)
     inputs = {"sft": str(sft), "reward": str(reward), "prompts": [str(p) for p in prompts], "heldout": str(heldout)}

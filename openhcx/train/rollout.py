@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Iterable, Protocol, Sequence
 
 import torch
@@ -26,6 +26,40 @@ from torch import Tensor
 
 from openhcx.model.generate import Sampling, generate
 from openhcx.model.transformer import Transformer
+
+
+@dataclass
+class Continuations:
+    """Prompts with one continuation each, right-padded: prompt, response, padding."""
+
+    ids: Tensor  # (B, T)
+    attn_mask: Tensor  # (B, T) 1 on prompt and response tokens
+    prompt_lens: Tensor  # (B,)
+    responses: Tensor  # (B, R) response tokens (the stop token included), padding after
+    response_mask: Tensor  # (B, R) 1 on response tokens
+
+    @classmethod
+    def pack(cls, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
+             device: torch.device) -> Continuations:
+        B = len(prompts)
+        width = max(1, max(len(r) for r in responses))
+        length = max(len(p) + len(r) for p, r in zip(prompts, responses))
+        ids = torch.full((B, length), pad_id, dtype=torch.long)
+        attn = torch.zeros(B, length, dtype=torch.long)
+        out = torch.full((B, width), pad_id, dtype=torch.long)
+        out_mask = torch.zeros(B, width, dtype=torch.long)
+        for row, (prompt, response) in enumerate(zip(prompts, responses)):
+            seq = [*prompt, *response]
+            ids[row, :len(seq)], attn[row, :len(seq)] = torch.tensor(seq), 1
+            out[row, :len(response)], out_mask[row, :len(response)] = torch.tensor(response, dtype=torch.long), 1
+        prompt_lens = torch.tensor([len(p) for p in prompts])
+        return cls(*(t.to(device) for t in (ids, attn, prompt_lens, out, out_mask)))
+
+    def rows(self, index: Tensor) -> Continuations:
+        return Continuations(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def to(self, device: torch.device) -> Continuations:
+        return Continuations(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 @dataclass
@@ -44,9 +78,11 @@ class Rollout:
     texts: list[str]  # decoded responses without the stop token
     prompt_index: list[int]  # which prompts these are
     policy_version: int  # learner updates the sampling policy had seen
+    greedy: Continuations | None = None  # the same prompts decoded greedily (for sequence-level unlikelihood)
 
     def to(self, device: torch.device) -> Rollout:
-        return replace(self, **{k: v.to(device) for k, v in vars(self).items() if isinstance(v, Tensor)})
+        moved = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, (Tensor, Continuations))}
+        return replace(self, **moved)
 
 
 class Reward(Protocol):
@@ -81,12 +117,17 @@ def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 class RolloutWorker:
-    """Samples responses with its own copy of the policy and scores them with the reference and reward models."""
+    """Samples responses with its own copy of the policy and scores them with the reference and reward models.
+
+    With `greedy`, each prompt is also continued greedily. Sampled responses (temperature 1) almost never
+    loop, while greedy decoding, which is how the model is served and judged, does; sequence-level
+    unlikelihood (Welleck et al. 2019) is therefore learnt on the model's own greedy continuations too.
+    """
 
     def __init__(self, policy: Transformer, reference: Transformer, reward: Reward, sampling: Sampling,
-                 pad_id: int, decode: Callable[[list[int]], str] | None = None):
+                 pad_id: int, decode: Callable[[list[int]], str] | None = None, greedy: bool = False):
         self.policy, self.reference, self.reward = policy.eval(), reference.eval(), reward
-        self.sampling, self.pad_id, self.decode = sampling, pad_id, decode
+        self.sampling, self.pad_id, self.decode, self.greedy = sampling, pad_id, decode, greedy
         self.version = 0
 
     def load_policy(self, version: int, state: dict[str, Tensor]) -> None:
@@ -99,26 +140,25 @@ class RolloutWorker:
         done = generate(self.policy, prompts, sampling, pad_id=self.pad_id)
         device = self.policy.model.norm.weight.device
         stops = set(sampling.stop_ids)
-        width = max(len(c.ids) for c in done)
-        length = max(len(p) + len(c.ids) for p, c in zip(prompts, done))
-        ids = torch.full((len(prompts), length), self.pad_id, dtype=torch.long)
-        attn = torch.zeros(len(prompts), length, dtype=torch.long)
-        responses = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        response_mask = torch.zeros(len(prompts), width, dtype=torch.long)
-        full = [[*prompt, *c.ids] for prompt, c in zip(prompts, done)]
-        for row, (seq, c) in enumerate(zip(full, done)):
-            ids[row, :len(seq)], attn[row, :len(seq)] = torch.tensor(seq), 1
-            responses[row, :len(c.ids)], response_mask[row, :len(c.ids)] = torch.tensor(c.ids), 1
-        ids, attn, responses, response_mask = (t.to(device) for t in (ids, attn, responses, response_mask))
-        prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
-        logprobs = token_logprobs(response_logits(self.policy, ids, attn, prompt_lens, width), responses)
-        ref_logprobs = token_logprobs(response_logits(self.reference, ids, attn, prompt_lens, width), responses)
-        raw, normalised = (t.to(device).float() for t in self.reward.score(full))
-        mask_f = response_mask.float()
+        s = Continuations.pack(prompts, [c.ids for c in done], self.pad_id, device)
+        width = s.responses.shape[1]
+        logprobs = token_logprobs(response_logits(self.policy, s.ids, s.attn_mask, s.prompt_lens, width),
+                                  s.responses)
+        ref_logprobs = token_logprobs(response_logits(self.reference, s.ids, s.attn_mask, s.prompt_lens, width),
+                                      s.responses)
+        raw, normalised = (t.to(device).float() for t in self.reward.score([[*p, *c.ids]
+                                                                            for p, c in zip(prompts, done)]))
+        mask_f = s.response_mask.float()
         texts = [self.decode([t for t in c.ids if t not in stops]) if self.decode else " ".join(map(str, c.ids))
                  for c in done]
-        return Rollout(ids, attn, prompt_lens, responses, response_mask, logprobs * mask_f, ref_logprobs * mask_f,
-                       raw, normalised, texts, list(index), self.version)
+        greedy = None
+        if self.greedy:
+            plain = replace(sampling, temperature=0.0, repetition_penalty=1.0, seed=None)
+            greedy = Continuations.pack(prompts, [c.ids for c in generate(self.policy, prompts, plain,
+                                                                          pad_id=self.pad_id)],
+                                        self.pad_id, device)
+        return Rollout(s.ids, s.attn_mask, s.prompt_lens, s.responses, s.response_mask, logprobs * mask_f,
+                       ref_logprobs * mask_f, raw, normalised, texts, list(index), self.version, greedy)
 
 
 class RolloutProducer:
