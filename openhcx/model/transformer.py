@@ -12,8 +12,12 @@
 - optional scalar head `score` (reward/value models; HF LlamaForSequenceClassification with one label)
 - right padding, packed-document masking (`doc_ids`, positions reset per document) and a KV cache
 
+- `forward(ids, targets=...)` returns the next-token loss (sum, count) through the fused head + cross-entropy
+  of openhcx.train.losses, so training never holds (tokens x vocab) logits; it runs inside forward so that
+  FSDP2's hooks have gathered the head weight when the loss reads it
+
 Deliberately absent: dropout, RoPE scaling variants (llama3/yarn), sliding windows, MoE, parallelism
-(FSDP/DDP wrap this module from outside), and any loss: losses live in openhcx.train.losses.
+(FSDP/DDP wrap this module from outside), and loss formulas of its own (they live in openhcx.train.losses).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openhcx.io import UserError
+from openhcx.train.losses import linear_cross_entropy
 
 HEADS = ("lm", "scalar")
 
@@ -347,14 +352,17 @@ class Transformer(nn.Module):
         positions: Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
-    ) -> Tensor:
-        """Logits (B, T, vocab) for the lm head, values (B, T) for the scalar head.
+        targets: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits (B, T, vocab) for the lm head, values (B, T) for the scalar head; with `targets`, the loss.
 
         ids: (B, T) token ids. attn_mask: (B, T), 1 = real token; right padding is free (causal attention
         never looks ahead), left padding needs it with a cache. doc_ids: (B, T) packed-document ids, runs of
         equal ids; attention stays inside a run and positions restart. positions: explicit RoPE positions
         (otherwise derived from doc_ids, or from the count of real tokens so far). cache: KV cache, filled
-        in place. last_only: compute the head for the final position only (decoding).
+        in place. last_only: compute the head for the final position only (decoding). targets: (B, T) next
+        token ids, IGNORE_INDEX where nothing is scored: returns `linear_cross_entropy`'s (fp32 loss sum,
+        scored-token count) instead of logits (lm head only), equal to `token_cross_entropy` of the logits.
         """
         B, T = ids.shape
         start = cache.length if cache is not None else 0
@@ -384,6 +392,10 @@ class Transformer(nn.Module):
         if last_only:
             h = h[:, -1:]
         h = self.model.norm(h)
+        if targets is not None:
+            if self.config.head != "lm":
+                raise UserError("targets (next-token loss) need the lm head, not a scalar head")
+            return linear_cross_entropy(h, self.lm_head.weight, targets)
         if self.config.head == "scalar":
             return self.score(h).squeeze(-1)
         return self.lm_head(h)

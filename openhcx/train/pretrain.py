@@ -32,7 +32,6 @@ from openhcx.model.transformer import ModelConfig, Transformer, model_config
 from openhcx.train.callbacks import LossCurve, MetricsLog, ProgressBar, read_metrics
 from openhcx.train.checkpoint import FULL, Checkpointer, drop_temporaries, latest_valid, restore
 from openhcx.train.distributed import PARALLEL, World, broadcast_object, close_world, init_world, wrap
-from openhcx.train.losses import token_cross_entropy
 from openhcx.train.trainer import TrainConfig, Trainer, measured_peak_flops
 
 
@@ -182,8 +181,7 @@ def tokenizer_ids(tokenizer_dir: str | Path) -> dict:
 
 def next_token_loss(model: nn.Module, batch, doc_masking: bool) -> tuple[Tensor, Tensor]:
     """Summed cross-entropy of each next token, and the count of scored tokens."""
-    logits = model(batch.inputs, doc_ids=batch.doc_ids if doc_masking else None)
-    return token_cross_entropy(logits, batch.targets)
+    return model(batch.inputs, doc_ids=batch.doc_ids if doc_masking else None, targets=batch.targets)
 
 
 def build_model(plan: PretrainPlan, world: World) -> nn.Module:

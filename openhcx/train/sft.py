@@ -31,7 +31,7 @@ from openhcx.train.batching import EpochLoader, Shape, TokenBudgetTrainer, pad_r
 from openhcx.train.callbacks import LossCurve, MetricsLog, ProgressBar, read_metrics
 from openhcx.train.checkpoint import FULL, Checkpointer, drop_temporaries, latest_valid, restore
 from openhcx.train.distributed import PARALLEL, World, broadcast_object, close_world, init_world, wrap
-from openhcx.train.losses import IGNORE_INDEX, token_cross_entropy
+from openhcx.train.losses import IGNORE_INDEX
 from openhcx.train.trainer import Callback, StepMetrics, TrainConfig, Trainer, measured_peak_flops, to_device
 
 
@@ -55,7 +55,7 @@ def collate_samples(samples: Sequence[Sample], pad_id: int) -> tuple[SFTBatch, S
 
 def sft_loss(model: nn.Module, batch: SFTBatch) -> tuple[Tensor, Tensor]:
     """Summed cross-entropy over trained (assistant) tokens, and their count. Right padding needs no mask."""
-    return token_cross_entropy(model(batch.inputs), batch.targets)
+    return model(batch.inputs, targets=batch.targets)
 
 
 def heldout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
