@@ -2,15 +2,22 @@
 
 Starts from the demo base model (`make demo` writes runs/demo/base/model), fine-tunes it on
 data/demo/sft.jsonl, trains the reward model on data/demo/preference.jsonl and reports its held-out pairwise
-accuracy, then runs PPO from the SFT model twice with the same seed and steps: with sequence-level
-unlikelihood and without it (`unlikelihood_weight=0`). Every model answers the held-out prompts greedily;
-the programmatic scorer judges the answers, the reward model scores them, and each PPO policy's KL to the
-SFT reference is measured on responses it samples for the same prompts. PPO's early stopping is judged on
-prompts taken from preference.jsonl (never PPO prompts, never held-out ones), so the held-out set stays
-unseen by every choice made during training. Figures go to stdout and <out>/align_demo.json;
-docs/alignment.md quotes them.
+accuracy, then runs PPO from the SFT model with sequence-level unlikelihood and without it
+(`unlikelihood_weight=0`), for several seeds, each run the same number of updates and keeping its last policy
+(equal steps). Every model answers the held-out prompts greedily; the programmatic scorer judges the answers,
+the reward model scores them, and each PPO policy's KL to the SFT reference is measured on responses it
+samples for the same prompts. Repetition is also measured on longer greedy answers (128 new tokens) and on
+greedy answers to the PPO prompts themselves, where unlikelihood acted. PPO's held-out signal during training
+comes from prompts taken from preference.jsonl (never PPO prompts, never held-out ones), so the held-out set
+stays unseen by every choice made during training. Each PPO run writes <out>/<variant>-seed<k>/demo_eval.json;
+the ppo-report stage gathers them (mean and std over seeds) into <out>/align_demo.json, which
+docs/alignment.md quotes.
 
-    python scripts/align_demo.py [--base runs/demo/base/model] [--out runs/demo] [--stages sft,reward,ppo]
+    python scripts/align_demo.py [--base runs/demo/base/model] [--out runs/demo] [--stages sft,reward,ppo,ppo-report]
+    # PPO variants in parallel, then the report:
+    python scripts/align_demo.py --stages ppo --ppo_variants ppo --threads 1 &
+    python scripts/align_demo.py --stages ppo --ppo_variants ppo-no-ul --threads 1; wait
+    python scripts/align_demo.py --stages ppo-report
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from openhcx.io import atomic_file, write_json
 from openhcx.model.generate import Sampling, generate
 from openhcx.model.hf import load_checkpoint
 from openhcx.tokenizer.tokenizer import ENDOFTURN, EOT, PAD, Tokenizer
-from openhcx.train.ppo import ppo
+from openhcx.train.ppo import ppo, read_prompts
 from openhcx.train.reward import RewardModel, train_reward
 from openhcx.train.rollout import RolloutWorker
 from openhcx.train.sft import sft
@@ -45,14 +52,16 @@ def read_records(path: Path) -> list[PromptRecord]:
     return [PromptRecord.from_json(json.loads(line), f"{path.name}:{n}") for n, line in enumerate(lines, 1)]
 
 
-def answer(model_dir: Path, records: list[PromptRecord], rm: RewardModel | None = None) -> dict:
+def answer(model_dir: Path, conversations: list, rm: RewardModel | None = None,
+           max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
     """Greedy responses cut at the turn's end, with their reward-model scores when `rm` is given."""
     tok = Tokenizer.load(model_dir)
     model, _ = load_checkpoint(model_dir)
-    prompts = [render_prompt(r.messages, tok) for r in records]
+    prompts = [render_prompt(messages, tok) for messages in conversations]
     stops = (tok.id(ENDOFTURN), tok.id(EOT))
-    done = generate(model.eval(), prompts, Sampling(max_new_tokens=MAX_NEW_TOKENS, stop_ids=stops),
-                    decode=tok.decode)
+    done = [c for i in range(0, len(prompts), 128)
+            for c in generate(model.eval(), prompts[i:i + 128],
+                              Sampling(max_new_tokens=max_new_tokens, stop_ids=stops), decode=tok.decode)]
     out = {"texts": [c.text for c in done]}
     if rm is not None:
         raw, normalised = rm.score([[*p, *c.ids] for p, c in zip(prompts, done)])
@@ -67,7 +76,11 @@ def judge(records: list[PromptRecord], responses: list[str]) -> dict:
             "parts": {k: sum(r.parts[k] for r in results if k in r.parts) / sum(k in r.parts for r in results)
                       for k in parts},
             "repetition_rate": repetition_rate(responses),
-            "length_chars": sum(len(t.strip()) for t in responses) / len(responses), "examples": responses[:4]}
+            "length_chars": mean_length(responses), "examples": responses[:4]}
+
+
+def mean_length(responses: list[str]) -> float:
+    return sum(len(t.strip()) for t in responses) / len(responses)
 
 
 @torch.no_grad()
@@ -106,35 +119,76 @@ def dev_prompts(path: Path, count: int = 64) -> Path:
     return path
 
 
-def run_ppo(a: argparse.Namespace, out: Path, unlikelihood_weight: float, name: str) -> tuple[Path, float]:
+def run_ppo(a: argparse.Namespace, out: Path, name: str, unlikelihood_weight: float, seed: int) -> tuple[Path, float]:
     start = time.perf_counter()
     model = ppo(str(out / "sft/model"), str(out / "reward/model"), [str(DEMO / "sft.jsonl")], str(out / name),
                 heldout=str(dev_prompts(out / "ppo_dev_prompts.jsonl")), steps=a.ppo_steps, batch_size=a.ppo_batch,
                 minibatch_size=a.ppo_minibatch, epochs=a.ppo_epochs, max_new_tokens=a.ppo_max_new_tokens,
                 lr=a.ppo_lr, value_lr=a.ppo_value_lr, kl_coef=a.kl_coef, unlikelihood_weight=unlikelihood_weight,
-                eval_every=a.ppo_eval_every, patience=a.ppo_patience, seed=a.seed, mlflow=False, progress=False,
-                overwrite=True)
+                eval_every=a.ppo_eval_every, patience=a.ppo_steps, keep="last", seed=seed, mlflow=False,
+                progress=False, overwrite=True)
     return model, time.perf_counter() - start
 
 
-def ppo_summary(run_dir: Path, seconds: float, evaluation: dict) -> dict:
+def ppo_summary(run_dir: Path, seconds: float) -> dict:
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    keys = ("reward_raw", "reward", "kl", "response_length", "repetition_rate", "greedy_repetition_rate")
     last = metrics[-min(5, len(metrics)):]
-    train = {k: sum(m[k] for m in last) / len(last) for k in ("reward_raw", "reward", "kl", "response_length",
-                                                              "repetition_rate", "unlikelihood_loss")}
-    first = {k: metrics[0][k] for k in ("reward_raw", "reward", "kl", "response_length", "repetition_rate")}
-    return {"steps": manifest["steps"], "best_step": manifest["best_step"], "stopped_early": manifest["stopped_early"],
-            "seconds": round(seconds, 1), "train_first_step": first, "train_last_5_steps": train,
+    train = {k: sum(m[k] for m in last) / len(last) for k in (*keys, "unlikelihood_loss")}
+    return {"steps": manifest["steps"], "seconds": round(seconds, 1),
+            "train_first_step": {k: metrics[0][k] for k in keys}, "train_last_5_steps": train,
             "unlikelihood_active_steps": sum(m["unlikelihood_loss"] > 0 for m in metrics),
-            "config": manifest["config"]["config"]} | evaluation
+            "config": manifest["config"]["config"]}
+
+
+def spread(values: list[float]) -> dict:
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "runs": values}
+
+
+def ppo_report(out: Path, records: list[PromptRecord], rm: RewardModel, names: list[str]) -> dict:
+    """Side by side on the held-out prompts: each PPO run next to SFT, and mean +- std over seeds per variant."""
+    sft_dir = out / "sft/model"
+    report = {"sft": evaluate_policy(sft_dir, sft_dir, records, rm), "runs": {}, "variants": {}}
+    for name in names:
+        run = json.loads((out / name / "demo_eval.json").read_text(encoding="utf-8"))
+        report["runs"][name] = run
+        variant = name.rsplit("-seed", 1)[0]
+        report["variants"].setdefault(variant, []).append(run)
+    for variant, runs in report["variants"].items():
+        report["variants"][variant] = {
+            "seeds": len(runs), "mean_score": spread([r["mean_score"] for r in runs]),
+            "repetition_rate": spread([r["repetition_rate"] for r in runs]),
+            "repetition_rate_long": spread([r["long"]["repetition_rate"] for r in runs]),
+            "train_prompts_repetition_rate": spread([r["train_prompts"]["repetition_rate"] for r in runs]),
+            "length_chars": spread([r["length_chars"] for r in runs]),
+            "kl": spread([r["sampled"]["kl"] for r in runs])}
+    return report
+
+
+def evaluate_policy(model: Path, sft_dir: Path, records: list[PromptRecord], rm: RewardModel) -> dict:
+    """Greedy held-out answers (48 and 128 new tokens), greedy answers to the PPO prompts, sampled KL."""
+    held = [r.messages for r in records]
+    greedy = answer(model, held, rm)
+    long = answer(model, held, max_new_tokens=128)["texts"]
+    train_texts = answer(model, read_prompts([str(DEMO / "sft.jsonl")]))["texts"]
+    return (judge(records, greedy.pop("texts")) | greedy
+            | {"long": {"repetition_rate": repetition_rate(long), "length_chars": mean_length(long)},
+               "train_prompts": {"repetition_rate": repetition_rate(train_texts), "prompts": len(train_texts)},
+               "sampled": sampled_kl(model, sft_dir, rm, records, MAX_NEW_TOKENS)})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="runs/demo/base/model")
     parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--stages", default="sft,reward,ppo", help="comma-separated: sft, reward, ppo")
+    parser.add_argument("--stages", default="sft,reward,ppo,ppo-report",
+                        help="comma-separated: sft, reward, ppo, ppo-report")
+    parser.add_argument("--ppo_seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ppo_variants", default="ppo,ppo-no-ul",
+                        help="ppo (with unlikelihood), ppo-no-ul (weight 0); run them in two processes to halve the time")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ppo_steps", type=int, default=20)
@@ -147,7 +201,6 @@ def main() -> None:
     parser.add_argument("--kl_coef", type=float, default=0.04)
     parser.add_argument("--ul_weight", type=float, default=1.0)
     parser.add_argument("--ppo_eval_every", type=int, default=5)
-    parser.add_argument("--ppo_patience", type=int, default=3)
     a = parser.parse_args()
     stages = set(a.stages.split(","))
     torch.set_num_threads(a.threads)
@@ -164,8 +217,8 @@ def main() -> None:
         summary["sft"] = ({k: sft_manifest[k] for k in ("steps", "heldout_loss_start", "heldout_loss_end",
                                                         "trained_tokens")} | {"seconds": round(sft_seconds, 1)})
         summary["heldout_prompts"] = len(records)
-        summary["base"] = judge(records, answer(Path(a.base), records)["texts"])
-        summary["sft_scores"] = judge(records, answer(sft_model, records)["texts"])
+        summary["base"] = judge(records, answer(Path(a.base), [r.messages for r in records])["texts"])
+        summary["sft_scores"] = judge(records, answer(sft_model, [r.messages for r in records])["texts"])
     if "reward" in stages:
         start = time.perf_counter()
         rm = train_reward(str(out / "sft/model"), [str(DEMO / "preference.jsonl")], str(out / "reward"),
@@ -175,20 +228,18 @@ def main() -> None:
         summary["reward"] = ({k: rm_manifest[k] for k in ("steps", "heldout_accuracy_start", "heldout_accuracy",
                                                           "heldout_pairs", "reward_norm")}
                              | {"seconds": round(rm_seconds, 1), "model": str(rm)})
+    variants = {"ppo": a.ul_weight, "ppo-no-ul": 0.0}
+    names = [f"{v}-seed{k}" for k in a.ppo_seeds for v in a.ppo_variants.split(",")]
     if "ppo" in stages:
         rm = RewardModel.load(out / "reward/model")
-        sft_dir = out / "sft/model"
-        table = {"base": Path(a.base), "sft": sft_dir}
-        for name, weight in (("ppo", a.ul_weight), ("ppo-no-ul", 0.0)):
-            model, seconds = run_ppo(a, out, weight, name)
-            table[name] = model
-            summary[name] = ppo_summary(out / name, seconds,
-                                        {"sampled": sampled_kl(model, sft_dir, rm, records, a.ppo_max_new_tokens)})
-        summary["sft_sampled"] = sampled_kl(sft_dir, sft_dir, rm, records, a.ppo_max_new_tokens)
-        summary["side_by_side"] = {}
-        for name, path in table.items():
-            greedy = answer(path, records, rm)
-            summary["side_by_side"][name] = judge(records, greedy.pop("texts")) | greedy
+        for name in names:
+            model, seconds = run_ppo(a, out, name, variants[name.rsplit("-seed", 1)[0]],
+                                     int(name.rsplit("-seed", 1)[1]))
+            write_json(out / name / "demo_eval.json", ppo_summary(out / name, seconds)
+                       | evaluate_policy(model, out / "sft/model", records, rm))
+            print(f"{name}: done in {seconds:.0f} s", flush=True)
+    if "ppo-report" in stages:
+        summary["ppo"] = ppo_report(out, records, RewardModel.load(out / "reward/model"), names)
     write_json(summary_file, summary)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
 
