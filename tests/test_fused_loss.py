@@ -70,6 +70,17 @@ def test_bfloat16_loss_is_summed_in_fp32_and_close_to_the_unfused_one():
     assert total.dtype == torch.float32 and torch.allclose(total, ref, rtol=1e-3)
 
 
+def test_under_autocast_it_equals_the_unfused_loss_of_autocast_logits():
+    hidden, weight, targets = inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = grads(lambda: token_cross_entropy(hidden @ weight.t(), targets), hidden, weight)
+        fused = grads(lambda: linear_cross_entropy(hidden, weight, targets), hidden, weight)
+    assert torch.allclose(fused[0], ref[0], rtol=1e-5)
+    assert fused[3].dtype == torch.float32  # the parameter's gradient keeps the parameter's dtype
+    for got, want in zip(fused[2:], ref[2:]):
+        assert (got - want).abs().max() <= 1e-2 * want.abs().max()
+
+
 @pytest.mark.parametrize("tie", [False, True])
 def test_model_targets_give_the_loss_and_gradients_of_its_logits(tie):
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from openhcx.io import UserError
+from openhcx.model.generate import Sampling, generate
 from openhcx.model.transformer import (
     PRESETS, KVCache, ModelConfig, Transformer, last_real, model_config, positions_in_documents,
 )
@@ -101,6 +102,27 @@ def test_left_padded_batch_with_cache_equals_each_prompt_alone(model):
             alone = model(torch.cat([p, follow[row]])[None])[0]
             torch.testing.assert_close(first[row, 9 - len(p):], alone[: len(p)], atol=1e-5, rtol=0)
             torch.testing.assert_close(torch.cat([x[row] for x in later]), alone[len(p):], atol=1e-5, rtol=0)
+
+
+def test_decoding_without_stops_or_streaming_gives_the_streamed_tokens(model):
+    # Without stop ids, stop strings or on_token, generate keeps tokens on the device until the end.
+    prompts = [[5, 6, 7, 8, 9], [12], [13, 14, 15]]
+    streamed = []
+    watched = generate(model, prompts, Sampling(max_new_tokens=9), on_token=lambda r, t: streamed.append(r))
+    plain = generate(model, prompts, Sampling(max_new_tokens=9))
+    assert [c.ids for c in plain] == [c.ids for c in watched] and len(streamed) == 27
+    assert all(c.finish_reason == "length" and len(c.ids) == 9 for c in plain)
+
+
+def test_a_row_that_stops_early_leaves_the_others_decoding_as_alone(model):
+    prompts = [[5, 6, 7, 8, 9], [12], [13, 14, 15]]
+    free = generate(model, prompts, Sampling(max_new_tokens=10))
+    stop = free[1].ids[2]  # row 1 stops at its third token; the others feed padding to it from then on
+    sampling = Sampling(max_new_tokens=10, stop_ids=(stop,))
+    batched = generate(model, prompts, sampling)
+    alone = [generate(model, [p], sampling)[0] for p in prompts]
+    assert batched[1].ids == free[1].ids[: free[1].ids.index(stop) + 1] and batched[1].finish_reason == "stop"
+    assert [c.ids for c in batched] == [c.ids for c in alone]
 
 
 def test_right_padding_leaves_real_tokens_unchanged(model):

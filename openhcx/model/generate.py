@@ -90,7 +90,11 @@ def sampling_probs(logits: Tensor, sampling: Sampling) -> Tensor:
     return logits.softmax(-1)
 
 
-def next_tokens(logits: Tensor, seen: Tensor, sampling: Sampling, generator: torch.Generator | None) -> Tensor:
+def next_tokens(logits: Tensor, seen: Tensor | None, sampling: Sampling,
+                generator: torch.Generator | None) -> Tensor:
+    """Chosen ids (B,); `seen` (B, V) marks tokens already in each row, needed only for a repetition penalty."""
+    if sampling.temperature == 0 and sampling.repetition_penalty == 1.0:
+        return logits.argmax(-1)  # casting to fp32 first would pick the same id
     logits = penalize_repetition(logits.float(), seen, sampling.repetition_penalty)
     if sampling.temperature == 0:
         return logits.argmax(-1)
@@ -142,26 +146,43 @@ def generate(
     device = model.model.norm.weight.device
     pad = pad_id if pad_id is not None else (config.pad_token_id or 0)
     ids, mask = left_pad(prompts, pad, device)
-    seen = torch.zeros(len(prompts), config.vocab_size, dtype=torch.bool, device=device)
-    rows = torch.arange(len(prompts), device=device)[:, None].expand_as(ids)
-    seen[rows[mask], ids[mask]] = True
+    seen = None
+    if sampling.repetition_penalty != 1.0:
+        seen = torch.zeros(len(prompts), config.vocab_size, dtype=torch.bool, device=device)
+        rows = torch.arange(len(prompts), device=device)[:, None].expand_as(ids)
+        seen[rows[mask], ids[mask]] = True
     generator = torch.Generator(device).manual_seed(sampling.seed) if sampling.seed is not None else None
     out = [Completion([], None, "length") for _ in prompts]
     active = [True] * len(prompts)
     if budget == 0:
         return _finish(out, decode)
     cache = KVCache(config, len(prompts), longest + budget, device, dtype=model.model.norm.weight.dtype)
+    # Without stops or streaming no row can end early and nothing needs a token on the host before the end.
+    watch = bool(sampling.stop_ids or sampling.stop_strings or on_token)
+    chosen_steps = []
     logits = model(ids, attn_mask=mask, cache=cache, last_only=True)[:, -1]
+    feed_pad = None  # (B,) True where a finished row is fed padding, once any row has finished
     for step in range(budget):
         chosen = next_tokens(logits, seen, sampling, generator)
-        seen.scatter_(1, chosen[:, None], True)
-        for row, token in enumerate(chosen.tolist()):
-            if active[row]:
-                active[row] = _append(out[row], row, token, sampling, decode, on_token)
-        if not any(active) or step == budget - 1:
+        if seen is not None:
+            seen.scatter_(1, chosen[:, None], True)
+        if watch:
+            for row, token in enumerate(chosen.tolist()):
+                if active[row]:
+                    active[row] = _append(out[row], row, token, sampling, decode, on_token)
+            if not any(active):
+                break
+            if not all(active):
+                feed_pad = torch.tensor([not a for a in active], device=device)
+        else:
+            chosen_steps.append(chosen)
+        if step == budget - 1:
             break
-        feed = torch.where(torch.tensor(active, device=device), chosen, torch.full_like(chosen, pad))
+        feed = chosen if feed_pad is None else chosen.masked_fill(feed_pad, pad)
         logits = model(feed[:, None], cache=cache, last_only=True)[:, -1]
+    if chosen_steps:
+        for done, row_ids in zip(out, torch.stack(chosen_steps, dim=1).tolist()):
+            done.ids = row_ids
     return _finish(out, decode)
 
 

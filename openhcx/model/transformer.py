@@ -160,29 +160,29 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one call, same numbers
         # Normalise in fp32 and scale in the input dtype, exactly as HF Llama does (parity in bf16 too).
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[Tensor, Tensor]:
-    """cos and sin for positions 0..max_len-1, each (max_len, head_dim), both halves repeated (rotate_half)."""
+    """cos and signed sin for positions 0..max_len-1, each (max_len, head_dim), both halves repeated.
+
+    The sin table's first half is negated: HF's rotate_half(x) * sin equals x.roll(head_dim / 2) * signed sin
+    exactly (negation is exact), with one op where rotate_half takes three.
+    """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=device) / head_dim))
     freqs = torch.arange(max_len, dtype=torch.float, device=device)[:, None] * inv_freq[None, :]
     angles = torch.cat((freqs, freqs), dim=-1)
-    return angles.cos(), angles.sin()
+    sign = torch.ones(head_dim, device=device)
+    sign[: head_dim // 2] = -1.0
+    return angles.cos(), angles.sin() * sign
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: (B, heads, T, hd); cos/sin: (B, T, hd) gathered at each token's position."""
-    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+def apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """x: (B, heads, T, hd); cos/signed_sin: (B, 1, T, hd) at each token's position, in x's dtype."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class KVCache:
@@ -195,14 +195,13 @@ class KVCache:
         shape = (batch, config.n_kv_heads, max_len, config.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        # Slots are read only once written and only pads need marking, so unwritten slots start as real.
+        self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
         self.max_len = max_len
         self.length = 0
         self.padded = False  # any pad slot so far; without one, decoding needs no mask (and no device sync)
-
-    def seen(self) -> Tensor:
-        """Real tokens already cached per row: the next token's default position."""
-        return self.valid[:, : self.length].sum(-1)
+        # Real tokens cached per row: the next token's default position, counted as they come in.
+        self.real = torch.zeros(batch, dtype=torch.long, device=device)
 
 
 class Attention(nn.Module):
@@ -223,9 +222,9 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             start, end = cache.length, cache.length + T
-            cache.k[layer][:, :, start:end] = k
-            cache.v[layer][:, :, start:end] = v
-            k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
+            cache.k[layer].narrow(2, start, T).copy_(k)
+            cache.v[layer].narrow(2, start, T).copy_(v)
+            k, v = cache.k[layer].narrow(2, 0, end), cache.v[layer].narrow(2, 0, end)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
             scale=self.head_dim**-0.5, enable_gqa=self.n_heads != self.n_kv_heads,
@@ -375,21 +374,21 @@ class Transformer(nn.Module):
         if cache is not None:
             if doc_ids is not None:
                 raise UserError("doc_ids (packed documents) cannot be combined with a KV cache")
-            if attn_mask is None:
-                cache.valid[:, start:start + T] = True
-            else:
+            if attn_mask is not None:
                 cache.valid[:, start:start + T] = attn_mask.bool()
                 cache.padded = cache.padded or not bool(attn_mask.bool().all())
         if positions is None:
             positions = self._default_positions(B, T, attn_mask, doc_ids, cache, ids.device)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         mask = attention_mask(T, doc_ids, cache, ids.device)
         h = self.model.embed_tokens(ids)
+        # Gathered once per forward, shaped and cast for every layer's q and k.
+        cos, sin = self.rope_cos[positions][:, None].to(h.dtype), self.rope_sin[positions][:, None].to(h.dtype)
         for i, layer in enumerate(self.model.layers):
             h = layer(h, cos, sin, mask, cache, i)
         if cache is not None:
             cache.length += T
-        if last_only:
+            cache.real += T if attn_mask is None else attn_mask.sum(-1)
+        if last_only and T > 1:
             h = h[:, -1:]
         h = self.model.norm(h)
         if targets is not None:
@@ -404,10 +403,10 @@ class Transformer(nn.Module):
     def _default_positions(B, T, attn_mask, doc_ids, cache, device) -> Tensor:
         if doc_ids is not None:
             return positions_in_documents(doc_ids)
-        offset = cache.seen()[:, None] if cache is not None else torch.zeros(B, 1, dtype=torch.long,
+        offset = cache.real[:, None] if cache is not None else torch.zeros(B, 1, dtype=torch.long,
                                                                               device=device)
         if attn_mask is None:
-            return offset + torch.arange(T, device=device)[None]
+            return offset if T == 1 else offset + torch.arange(T, device=device)[None]
         # Count of real tokens before each one, so left-padded rows start at position 0 like unpadded ones.
         return offset + (attn_mask.long().cumsum(-1) - 1).clamp(min=0)
 

@@ -271,6 +271,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, ignore
     log-softmax backward never runs. The one backward this supports is the sum's own (a scalar scale).
     256 tokens was the fastest chunk for a 16,000 vocabulary on CPU (bigger chunks fall out of cache).
     """
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):  # the head's matmuls in the autocast dtype, as nn.Linear's would be
+        dtype = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
     flat_targets = targets.reshape(-1)
     total = _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, flat_targets, ignore_index,
                                       chunk_tokens)
