@@ -100,7 +100,9 @@ def test_exact_mode_never_crosses_a_morpheme_boundary(demo_tokenizer, petitions)
     for text in petitions(40):
         exact.add(alignment(text, tok.token_bytes(tok.encode(text, "exact"))))
         portable.add(alignment(text, tok.token_bytes(tok.encode(text, "portable"))))
-    print(f"\nexact: recall {exact.recall:.5f} precision {exact.precision:.5f} of {exact.morpheme_cuts} cuts;"
+    print(f"\nexact: recall {exact.recall:.5f} precision {exact.precision:.5f} of {exact.morpheme_cuts} cuts"
+          f" (cuts off morphemes: {exact.off_inside_characters} inside characters, {exact.off_beside_other_scripts}"
+          f" beside other scripts, {exact.off_between_syllables} between syllables);"
           f" portable: recall {portable.recall:.5f} precision {portable.precision:.5f}")
     assert exact.morpheme_cuts > 5000
     assert exact.recall >= 0.999
@@ -111,7 +113,12 @@ def test_alignment_counts_by_hand():
     # 나는: one cut at char 1 (byte 3). Tokens [나][는] keep it; [나는] crosses it; bytes [2][4] cut mid-syllable.
     assert Alignment(**vars(alignment("나는", [3, 3]))) == Alignment(1, 1, 1, 1)
     assert alignment("나는", [6]) == Alignment(1, 0, 0, 0)
-    assert alignment("나는", [2, 4]) == Alignment(1, 0, 1, 0)
+    assert alignment("나는", [2, 4]) == Alignment(1, 0, 1, 0, off_inside_characters=1)
+    # "DateValue가": kiwi keeps DateValue whole (one SL morpheme), so a cut inside it is off a morpheme boundary
+    split = alignment("DateValue가", [4, 5, 3], cuts=[9])
+    assert split == Alignment(1, 1, 2, 1, off_beside_other_scripts=1) and split.off_between_syllables == 0
+    # 서브루틴 as 서브|루틴: a cut between syllables of one noun
+    assert alignment("서브루틴", [6, 6], cuts=[]).off_between_syllables == 1
     assert alignment("hi 나는", [3, 3, 3]) == Alignment(1, 1, 1, 1)  # the cut after "hi " is outside the word
 
 

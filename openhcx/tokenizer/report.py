@@ -31,6 +31,9 @@ class Alignment:
     cuts_kept: int = 0  # ... that are also token boundaries (no token crosses them)
     token_cuts: int = 0  # token boundaries inside Korean words
     token_cuts_on_morphemes: int = 0  # ... that fall on a morpheme boundary
+    # The other token cuts, by where they fall: why a share below 100% does not mean merges crossed morphemes.
+    off_inside_characters: int = 0  # inside one character's UTF-8 bytes (a syllable the vocabulary lacks)
+    off_beside_other_scripts: int = 0  # next to a Latin letter, digit or symbol (e.g. inside "DateValue가")
 
     def add(self, other: "Alignment") -> None:
         for k, v in asdict(other).items():
@@ -45,6 +48,12 @@ class Alignment:
     def precision(self) -> float:
         """Share of token boundaries inside Korean words that fall on morpheme boundaries."""
         return self.token_cuts_on_morphemes / self.token_cuts if self.token_cuts else float("nan")
+
+    @property
+    def off_between_syllables(self) -> int:
+        """Token cuts between two Hangul syllables of one morpheme (a word the vocabulary holds only in parts)."""
+        return (self.token_cuts - self.token_cuts_on_morphemes - self.off_inside_characters
+                - self.off_beside_other_scripts)
 
 
 def alignment(text: str, token_bytes: list[int], cuts: list[int] | None = None) -> Alignment:
@@ -61,7 +70,13 @@ def alignment(text: str, token_bytes: list[int], cuts: list[int] | None = None) 
         return i >= 0 and spans[i][0] < b < spans[i][1]
 
     inside = [b for b in token_cuts if in_korean_word(b)]
-    return Alignment(len(cut_bytes), len(cut_bytes & token_cuts), len(inside), sum(b in cut_bytes for b in inside))
+    byte_to_char = {b: i for i, b in enumerate(char_to_byte)}
+    off = [b for b in inside if b not in cut_bytes]
+    mid_char = [b for b in off if b not in byte_to_char]
+    other = [b for b in off if b in byte_to_char
+             and not (HANGUL.match(text[byte_to_char[b] - 1]) and HANGUL.match(text[byte_to_char[b]]))]
+    return Alignment(len(cut_bytes), len(cut_bytes & token_cuts), len(inside), len(inside) - len(off),
+                     len(mid_char), len(other))
 
 
 @dataclass
@@ -139,7 +154,9 @@ def tokenizer_report(
         "tokenizer": tokenizer, "corpus": corpus, "baseline": baseline,
         "documents": {k: len(v) for k, v in docs.items()}, "characters": chars,
         "rows": [dict(asdict(r), alignment_recall=r.alignment and r.alignment.recall,
-                      alignment_precision=r.alignment and r.alignment.precision) for r in rows],
+                      alignment_precision=r.alignment and r.alignment.precision,
+                      alignment_off_between_syllables=r.alignment and r.alignment.off_between_syllables)
+                 for r in rows],
         "missing_references": missing,
     }
     text = render(rows, docs, chars, missing)
@@ -162,12 +179,16 @@ def render(rows: list[Row], docs: dict[str, list[str]], chars: dict[str, int], m
         per_k = [f"{1000 * r.tokens[l] / chars[l]:.1f}" for l in labels]
         lines.append(f"| {r.name} ({r.vocab_size:,}) | " + " | ".join(per_doc + per_k) + " |")
     lines += ["", "Held-out documents: " + ", ".join(f"{l} {len(docs[l])} ({chars[l]:,} chars)" for l in labels), ""]
-    lines += ["| tokenizer | morpheme boundaries kept (no token crosses one) | token boundaries inside Korean words on a morpheme boundary |", "|---|---|---|"]
+    lines += ["| tokenizer | morpheme boundaries kept (no token crosses one) | token boundaries inside Korean "
+              "words on a morpheme boundary | the others: inside a character / beside Latin, digits, symbols / "
+              "between syllables of one morpheme |", "|---|---|---|---|"]
     for r in rows:
         if r.alignment:
             a = r.alignment
             lines.append(f"| {r.name} | {a.recall:.4%} ({a.cuts_kept:,}/{a.morpheme_cuts:,}) | "
-                         f"{a.precision:.4%} ({a.token_cuts_on_morphemes:,}/{a.token_cuts:,}) |")
+                         f"{a.precision:.4%} ({a.token_cuts_on_morphemes:,}/{a.token_cuts:,}) | "
+                         f"{a.off_inside_characters:,} / {a.off_beside_other_scripts:,} / "
+                         f"{a.off_between_syllables:,} |")
     if missing:
         lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in missing.items())]
     return "\n".join(lines) + "\n"
