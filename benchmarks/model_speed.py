@@ -9,8 +9,11 @@ run alternately so machine noise hits both alike. Measured:
 2. KV-cache greedy generation tokens/s at batch 1 and 8 (our `generate` vs HF `generate(do_sample=False)`).
 Prints medians over --repeats runs, the ratio ours/HF, and the FLOP/s each achieves against this machine's
 measured matmul peak (training: 6N + attention per token, PaLM convention; generation: 2N per token, the
-forward matmuls only). --profile adds the operators where a training step spends its time. Usage:
-    python benchmarks/model_speed.py --preset tiny --threads 2
+forward matmuls only). Times are elapsed time; --clock cpu times this process's CPU time instead, which on
+a shared machine leaves out the time other jobs hold the core. --profile adds the operators where a
+training step spends its time. Usage:
+    python benchmarks/model_speed.py --preset tiny --threads 1 --repeats 7
+    python benchmarks/model_speed.py --preset tiny --threads 1 --repeats 7 --clock cpu
     python benchmarks/model_speed.py --preset 125m --device cuda --dtype bfloat16 --batch 8 --seq 1024
 """
 
@@ -29,7 +32,7 @@ from openhcx.model.transformer import Transformer, model_config
 from openhcx.train.trainer import measured_peak_flops
 
 
-def side_by_side(fns, repeats: int, device: str) -> list[float]:
+def side_by_side(fns, repeats: int, device: str, clock=time.perf_counter) -> list[float]:
     """Median seconds of each function after one warm-up call each, run alternately."""
     times = [[] for _ in fns]
     for fn in fns:
@@ -38,11 +41,11 @@ def side_by_side(fns, repeats: int, device: str) -> list[float]:
         for fn, t in zip(fns, times):
             if device == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             fn()
             if device == "cuda":
                 torch.cuda.synchronize()
-            t.append(time.perf_counter() - start)
+            t.append(clock() - start)
     return [statistics.median(t) for t in times]
 
 
@@ -109,7 +112,12 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", action="store_true", help="print the top operators of a training step")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="wall: elapsed time; cpu: this process's CPU time (CPU only), which leaves out the time "
+                         "other jobs on a shared machine hold the core")
     args = ap.parse_args()
+    if args.clock == "cpu" and args.device != "cpu":
+        ap.error("--clock cpu times CPU work: use it with --device cpu")
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -124,7 +132,7 @@ def main() -> None:
     peak = measured_peak_flops(torch.device(args.device))
     print(f"preset {args.preset}: {config.num_params() / 1e6:.1f}M parameters, {args.dtype} on {args.device}, "
           f"{torch.get_num_threads()} threads, HF attention {theirs.config._attn_implementation}, "
-          f"peak {peak / 1e9:.1f} GFLOP/s")
+          f"peak {peak / 1e9:.1f} GFLOP/s, {args.clock} clock")
 
     vocab = config.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.seq + 1), device=args.device)
@@ -134,7 +142,8 @@ def main() -> None:
     assert max(start) - min(start) < 1e-4 * max(start), start
     steps = [train_step(m, torch.optim.AdamW(m.parameters(), lr=1e-4), ids, loss) for m, loss in zip(models, losses)]
     ours.train(), theirs.train()
-    ours_s, labels_s, logits_s = side_by_side(steps, args.repeats, args.device)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    ours_s, labels_s, logits_s = side_by_side(steps, args.repeats, args.device, clock)
     print(f"HF training step: labels= {args.batch * args.seq / labels_s:,.0f} tok/s, logits + F.cross_entropy "
           f"{args.batch * args.seq / logits_s:,.0f} tok/s; the faster one is compared")
     report(f"train b{args.batch} x {args.seq}", args.batch * args.seq, ours_s, min(labels_s, logits_s),
@@ -166,7 +175,8 @@ def main() -> None:
         print(f"generate b{batch}: {agree}/{batch} rows identical to HF's greedy tokens")
 
         report(f"generate b{batch}, {args.new_tokens} new", batch * args.new_tokens,
-               *side_by_side([run_ours, run_hf], args.repeats, args.device), config.flops_per_token(1) / 3, peak)
+               *side_by_side([run_ours, run_hf], args.repeats, args.device, clock), config.flops_per_token(1) / 3,
+               peak)
 
 
 if __name__ == "__main__":
