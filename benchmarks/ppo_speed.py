@@ -8,6 +8,10 @@ step is taken after one warm-up step. Prints the median seconds per step, episod
 learnt from) per second, and our speed-up. Needs `trl`.
 
     python benchmarks/ppo_speed.py [--steps 5] [--batch 16] [--response 32] [--epochs 4] [--minibatches 2]
+        [--unlikelihood] [--skip-trl]
+
+Ours runs without the unlikelihood term, as TRL has none; --unlikelihood also times the `openhcx ppo` default
+(unlikelihood on sampled responses and on a greedy continuation of every prompt).
 """
 
 from __future__ import annotations
@@ -54,14 +58,16 @@ def prompts(n: int, length: int) -> list[list[int]]:
     return torch.randint(2, MODEL.vocab_size, (n, length), generator=g).tolist()
 
 
-def run_ours(policy_dir: Path, reward_dir: Path, data: list[list[int]], args, device: torch.device) -> list[float]:
+def run_ours(policy_dir: Path, reward_dir: Path, data: list[list[int]], args, device: torch.device,
+             unlikelihood: bool = False) -> list[float]:
     policy, _ = load_checkpoint(policy_dir, device=device)
     value, _ = load_checkpoint(reward_dir, device=device)
     reward = RewardModel.load(reward_dir, device=device)
     worker = RolloutWorker(copy.deepcopy(policy), copy.deepcopy(policy).requires_grad_(False), reward,
-                           Sampling(max_new_tokens=args.response, temperature=1.0), pad_id=0)
+                           Sampling(max_new_tokens=args.response, temperature=1.0), pad_id=0, greedy=unlikelihood)
     config = PPOConfig(steps=args.steps + 1, batch_size=args.batch, minibatch_size=args.batch // args.minibatches,
-                       epochs=args.epochs, lr=1e-5, value_lr=1e-5, kl_coef=0.05, unlikelihood_weight=0.0)
+                       epochs=args.epochs, lr=1e-5, value_lr=1e-5, kl_coef=0.05,
+                       unlikelihood_weight=1.0 if unlikelihood else 0.0)
     run = PPORun(PPOLearner(policy, value, config), RolloutProducer(worker, prompt_batches(data, args.batch, 0)))
     return [m.seconds for m in run.fit().metrics[1:]]
 
@@ -116,23 +122,33 @@ def main() -> None:
     ap.add_argument("--response", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--minibatches", type=int, default=2)
+    ap.add_argument("--unlikelihood", action="store_true",
+                    help="also time ours with unlikelihood on sampled and greedy continuations (the `openhcx ppo` "
+                         "default; TRL has no such term)")
+    ap.add_argument("--skip-trl", action="store_true", help="time ours only")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         policy_dir, reward_dir = write_models(work)
         data = prompts(args.batch * (args.steps + 1), args.prompt)
-        trl = run_trl(policy_dir, reward_dir, data, args, work)
+        trl = None if args.skip_trl else run_trl(policy_dir, reward_dir, data, args, work)
         ours = run_ours(policy_dir, reward_dir, data, args, device)
+        ours_ul = run_ours(policy_dir, reward_dir, data, args, device, unlikelihood=True) if args.unlikelihood else None
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device {name}; model {MODEL.num_params() / 1e6:.2f}M params; batch {args.batch}, prompt {args.prompt}, "
           f"response {args.response}, {args.epochs} epochs x {args.minibatches} minibatches; "
           f"median of {args.steps} steps after one warm-up")
-    rows = [("TRL 1.12 PPOTrainer", statistics.median(trl)), ("OpenHCX ppo", statistics.median(ours))]
+    rows = [("OpenHCX ppo", statistics.median(ours))]
+    if ours_ul is not None:
+        rows.append(("  + unlikelihood", statistics.median(ours_ul)))
+    if trl is not None:
+        rows.insert(0, ("TRL 1.12 PPOTrainer", statistics.median(trl)))
     print(f"{'':22} {'s/step':>8} {'episodes/s':>11}")
     for label, seconds in rows:
         print(f"{label:22} {seconds:8.3f} {args.batch / seconds:11.1f}")
-    print(f"speed-up (ours / TRL): {rows[0][1] / rows[1][1]:.2f}x")
+    if trl is not None:
+        print(f"speed-up (ours / TRL): {rows[0][1] / rows[1][1]:.2f}x")
 
 
 if __name__ == "__main__":
