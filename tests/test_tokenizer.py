@@ -40,7 +40,7 @@ UNICODE = st.one_of(
     chars(0x0000, 0x001F), chars(0x007F, 0x009F),  # control characters
     st.sampled_from([" ", "\n", "\r", "\t", "\u00a0", "\u200b", "\ufeff"]),
     chars(0x20, 0x7E),
-    st.characters(),  # anything but lone surrogates
+    st.characters(exclude_categories=("Cs",)),  # anything but lone surrogates (not Unicode text)
 )
 TEXT = st.one_of(
     st.text(UNICODE, max_size=200),
@@ -55,6 +55,15 @@ def test_roundtrip_is_exact_in_both_modes(demo_tokenizer, text):
     tok = Tokenizer.load(demo_tokenizer)
     for mode in ("exact", "portable"):
         assert tok.decode(tok.encode(text, mode)) == text
+
+
+def test_lone_surrogates_are_refused_by_name(demo_tokenizer):
+    tok = Tokenizer.load(demo_tokenizer)
+    for mode in ("exact", "portable"):
+        with pytest.raises(UserError, match=r"text 1 is not valid Unicode: lone surrogate U\+D800 at offset 2"):
+            tok.encode_batch(["ok", "ab\ud800c"], mode)
+    with pytest.raises(UserError, match="unknown encode mode 'fast'"):
+        tok.encode("ok", "fast")
 
 
 def test_special_strings_in_text_stay_text(demo_tokenizer):

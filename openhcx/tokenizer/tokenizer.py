@@ -11,6 +11,7 @@ Not a chat renderer: conversations become (ids, mask) in the data package.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
@@ -19,6 +20,8 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from openhcx.io import UserError
 from openhcx.tokenizer.morphemes import segment, segment_many
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # Python strings can hold them; UTF-8 cannot encode them
 
 Mode = Literal["exact", "portable"]
 
@@ -88,18 +91,18 @@ class Tokenizer:
         return self.encode_batch([text], mode)[0]
 
     def encode_batch(self, texts: Iterable[str], mode: Mode = "exact", workers: int = 1) -> list[list[int]]:
+        if mode not in ("exact", "portable"):
+            raise UserError(f"unknown encode mode {mode!r} (exact or portable)")
         texts = list(texts)
-        try:
-            if mode == "portable" or not self.morpheme_aware:
-                encs = self.hf.encode_batch(texts, add_special_tokens=False)
-            elif mode == "exact":
-                pieces = segment_many(texts, workers) if workers > 1 else map(segment, texts)
-                return [self.encode_pieces(p) for p in pieces]
-            else:
-                raise UserError(f"unknown encode mode {mode!r} (exact or portable)")
-        except UnicodeEncodeError as e:
-            raise UserError(f"text is not valid Unicode: lone surrogate at offset {e.start}") from e
-        return [e.ids for e in encs]
+        for n, text in enumerate(texts):
+            bad = LONE_SURROGATE.search(text)
+            if bad:
+                raise UserError(f"text {n} is not valid Unicode: lone surrogate U+{ord(bad.group()):04X} "
+                                f"at offset {bad.start()}")
+        if mode == "portable" or not self.morpheme_aware:
+            return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        pieces = segment_many(texts, workers) if workers > 1 else map(segment, texts)
+        return [self.encode_pieces(p) for p in pieces]
 
     def encode_pieces(self, pieces: list[str]) -> list[int]:
         """Encode text already cut at morpheme boundaries; BPE runs inside each piece only."""
