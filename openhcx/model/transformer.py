@@ -389,7 +389,7 @@ class Transformer(nn.Module):
             h = layer(h, cos, sin, mask, cache, i)
         if cache is not None:
             cache.length += T
-            cache.real += T if attn_mask is None else attn_mask.sum(-1)
+            cache.real += T if attn_mask is None else attn_mask.bool().sum(-1)
         if last_only and T > 1:
             h = h[:, -1:]
         h = self.model.norm(h)
