@@ -11,7 +11,6 @@
 - parameter names equal HF LlamaForCausalLM's, so a state dict is directly a HF checkpoint
 - optional scalar head `score` (reward/value models; HF LlamaForSequenceClassification with one label)
 - right padding, packed-document masking (`doc_ids`, positions reset per document) and a KV cache
-
 - `forward(ids, targets=...)` returns the next-token loss (sum, count) through the fused head + cross-entropy
   of openhcx.train.losses, so training never holds (tokens x vocab) logits; it runs inside forward so that
   FSDP2's hooks have gathered the head weight when the loss reads it
@@ -170,7 +169,7 @@ def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple
     """cos and signed sin for positions 0..max_len-1, each (max_len, head_dim), both halves repeated.
 
     The sin table's first half is negated: HF's rotate_half(x) * sin equals x.roll(head_dim / 2) * signed sin
-    exactly (negation is exact), with one op where rotate_half takes three.
+    exactly (negation is exact), with one call where rotate_half takes three.
     """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=device) / head_dim))
     freqs = torch.arange(max_len, dtype=torch.float, device=device)[:, None] * inv_freq[None, :]
@@ -405,8 +404,7 @@ class Transformer(nn.Module):
     def _default_positions(B, T, attn_mask, doc_ids, cache, device) -> Tensor:
         if doc_ids is not None:
             return positions_in_documents(doc_ids)
-        offset = cache.real[:, None] if cache is not None else torch.zeros(B, 1, dtype=torch.long,
-                                                                              device=device)
+        offset = cache.real[:, None] if cache is not None else torch.zeros(B, 1, dtype=torch.long, device=device)
         if attn_mask is None:
             return offset if T == 1 else offset + torch.arange(T, device=device)[None]
         # Count of real tokens before each one, so left-padded rows start at position 0 like unpadded ones.
