@@ -7,6 +7,7 @@ import torch
 
 from openhcx.io import UserError
 from openhcx.model.generate import (
+    argmax,
     FimTokens, Sampling, generate, infill, penalize_repetition, psm_prompt, sampling_probs,
 )
 from openhcx.model.transformer import Transformer, model_config
@@ -33,6 +34,18 @@ def model():
     config = model_config("tiny", vocab_size=64, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
                           max_seq_len=48)
     return Transformer(config).eval()
+
+
+def test_blocked_argmax_equals_torch_argmax_with_ties():
+    g = torch.Generator().manual_seed(0)
+    for rows, vocab in ((8, 16000), (3, 256), (1, 16000), (4, 1000)):  # 1000: not a multiple of the block
+        logits = torch.randn(rows, vocab, generator=g)
+        assert torch.equal(argmax(logits), logits.argmax(-1))
+    tied = torch.zeros(4, 1024)
+    tied[:, [700, 300, 900]] = 5.0  # the first maximum wins, across blocks and within one
+    tied[2, 301] = 5.0
+    assert argmax(tied).tolist() == tied.argmax(-1).tolist() == [300, 300, 300, 300]
+    assert argmax(torch.zeros(2, 512)).tolist() == [0, 0]
 
 
 def test_temperature_scales_logits():

@@ -90,14 +90,27 @@ def sampling_probs(logits: Tensor, sampling: Sampling) -> Tensor:
     return logits.softmax(-1)
 
 
+def argmax(logits: Tensor, block: int = 128) -> Tensor:
+    """logits.argmax(-1) for (B, V), the first maximum on ties, by blocks on CPU: there argmax is a scalar loop
+    while amax is vectorised, so the maximum of each block of 128 comes first and argmax runs on V / 128 + 128
+    values per row (3.6x faster for 8 rows at V = 16,000; one row is faster unblocked). NaN-free logits assumed,
+    as from a model."""
+    B, V = logits.shape
+    if logits.device.type != "cpu" or B == 1 or V % block:
+        return logits.argmax(-1)
+    blocks = logits.view(B, V // block, block)
+    first = blocks.amax(-1).argmax(-1)
+    return first * block + blocks[torch.arange(B, device=logits.device), first].argmax(-1)
+
+
 def next_tokens(logits: Tensor, seen: Tensor | None, sampling: Sampling,
                 generator: torch.Generator | None) -> Tensor:
     """Chosen ids (B,); `seen` (B, V) marks tokens already in each row, needed only for a repetition penalty."""
     if sampling.temperature == 0 and sampling.repetition_penalty == 1.0:
-        return logits.argmax(-1)  # casting to fp32 first would pick the same id
+        return argmax(logits)  # casting to fp32 first would pick the same id
     logits = penalize_repetition(logits.float(), seen, sampling.repetition_penalty)
     if sampling.temperature == 0:
-        return logits.argmax(-1)
+        return argmax(logits)
     return torch.multinomial(sampling_probs(logits, sampling), 1, generator=generator).squeeze(-1)
 
 
@@ -157,6 +170,10 @@ def generate(
     if budget == 0:
         return _finish(out, decode)
     cache = KVCache(config, len(prompts), longest + budget, device, dtype=model.model.norm.weight.dtype)
+    if device.type == "cpu" and budget > 1:
+        # One transposed copy of the head per call (vocab x dim floats while decoding) makes every step's
+        # product of a few rows against it 1.5-2x faster on CPU; GPUs' matmuls do not care about the layout.
+        cache.head = model.lm_head.weight.detach().t().contiguous()
     # Without stops or streaming no row can end early and nothing needs a token on the host before the end.
     watch = bool(sampling.stop_ids or sampling.stop_strings or on_token)
     chosen_steps = []

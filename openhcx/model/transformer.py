@@ -185,7 +185,8 @@ def apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
 
 
 class KVCache:
-    """Preallocated keys/values for every layer, plus which cached slots hold real (non-pad) tokens.
+    """Decoding state: preallocated keys/values for every layer, which cached slots hold real (non-pad) tokens,
+    and optionally a decoding layout of the output head.
 
     All rows share one write offset (`length`): batched prompts are left-padded so they end together.
     """
@@ -201,6 +202,9 @@ class KVCache:
         self.padded = False  # any pad slot so far; without one, decoding needs no mask (and no device sync)
         # Real tokens cached per row: the next token's default position, counted as they come in.
         self.real = torch.zeros(batch, dtype=torch.long, device=device)
+        # Optional (dim, vocab) contiguous copy of the output head for decoding: on CPU, a product of a few rows
+        # against it is 1.5-2x faster than against the (vocab, dim) parameter (measured at vocab 16,000).
+        self.head: Tensor | None = None
 
 
 class Attention(nn.Module):
@@ -398,6 +402,8 @@ class Transformer(nn.Module):
             return linear_cross_entropy(h, self.lm_head.weight, targets)
         if self.config.head == "scalar":
             return self.score(h).squeeze(-1)
+        if cache is not None and cache.head is not None:
+            return h @ cache.head
         return self.lm_head(h)
 
     @staticmethod
