@@ -140,7 +140,9 @@ def main() -> None:
     with torch.no_grad():  # same weights, same tokens: the three losses agree, or the timing means nothing
         start = [loss(m, ids[:, :-1].contiguous(), ids[:, 1:].contiguous()).item() for loss, m in zip(losses, models)]
     assert max(start) - min(start) < 1e-4 * max(start), start
-    steps = [train_step(m, torch.optim.AdamW(m.parameters(), lr=1e-4), ids, loss) for m, loss in zip(models, losses)]
+    # Fused AdamW on both sides: what `openhcx pretrain` uses and HF Trainer's default on torch >= 2.8.
+    steps = [train_step(m, torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True), ids, loss)
+             for m, loss in zip(models, losses)]
     ours.train(), theirs.train()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     ours_s, labels_s, logits_s = side_by_side(steps, args.repeats, args.device, clock)

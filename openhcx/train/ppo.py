@@ -127,7 +127,8 @@ def entropy_of(logits: Tensor) -> Tensor:
 
 
 def adamw(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")  # one kernel per tensor, as in trainer.py
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=fused)
 
 
 class PPOLearner:
