@@ -3,11 +3,12 @@
 RECIPE §5 runs four models; three of them live here: a copy of the policy (sampling, and the log-probabilities
 the samples were drawn with), the frozen reference (log-probabilities for the KL penalty) and the reward model
 (openhcx.train.reward.RewardModel: one score per response, read at its last token). The fourth, the value
-model, belongs to the learner, which trains it. The learner sees only `Rollout` batches taken from a queue
-and sends weights back through another, so the producer can run beside it in a thread (the default), or in
-another process or on another device behind the same two queues. `lag` sets how many batches the producer
-may sample ahead of the newest weights: 0 is strictly on-policy, 1 overlaps sampling with learning at the cost of one update of staleness (the PPO
-ratio is taken against the log-probabilities the samples were actually drawn with, so it stays correct).
+model, belongs to the learner, which trains it. The learner sees only `Rollout` batches from the producer
+and sends weights back through a queue, so the producer can run in the learner's thread (strictly on-policy,
+the default), beside it in a thread, or in another process or on another device behind the same interface.
+`lag` sets how many batches the producer may sample ahead of the newest weights: 0 is strictly on-policy, 1
+overlaps sampling with learning at the cost of one update of staleness (the PPO ratio is taken against the
+log-probabilities the samples were actually drawn with, so it stays correct).
 
 Sequences are laid out right-padded: prompt, response, padding. Causal attention never looks ahead, so the
 padding needs no attention mask and every model runs its fastest kernel.
@@ -162,27 +163,32 @@ class RolloutWorker:
 
 
 class RolloutProducer:
-    """Runs a worker over prompt batches in a thread, putting `Rollout`s (or the error that stopped it) on `out`.
+    """Feeds `Rollout`s from a worker over prompt batches; the learner calls `get()` for the next batch and
+    `publish(version, state)` after each update. Before sampling batch k the worker loads weights of version
+    >= k - lag.
 
-    The learner calls `get()` for the next batch and `publish(version, state)` after each update; before
-    sampling batch k the producer waits for weights of version >= k - lag.
+    With lag >= 1 the worker runs in a thread and puts `Rollout`s (or the error that stopped it) on `out`, so
+    sampling overlaps learning. With lag 0 there is nothing to overlap: `get()` runs the worker in the
+    caller's thread, since a second thread with its own intra-op pool costs about 20% of a PPO step on two
+    CPU cores (measured). Weights travel through the same queue either way.
     """
 
     def __init__(self, worker: RolloutWorker, batches: Iterable[tuple[list[int], list[list[int]]]],
                  lag: int = 0, seed: int = 0):
-        self.worker, self.batches, self.lag, self.seed = worker, batches, lag, seed
+        self.worker, self.batches, self.lag, self.seed = worker, iter(enumerate(batches)), lag, seed
         self.out: queue.Queue = queue.Queue(maxsize=lag + 1)
         self.weights: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="rollouts", daemon=True) if lag > 0 else None
 
     def start(self) -> RolloutProducer:
-        self.thread.start()
+        if self.thread is not None:
+            self.thread.start()
         return self
 
     def get(self) -> Rollout | None:
         """The next batch; None when the prompt batches are used up. Re-raises the producer's error."""
-        item = self.out.get()
+        item = self.out.get() if self.thread is not None else self._next()
         if isinstance(item, BaseException):
             raise item
         return item
@@ -193,7 +199,7 @@ class RolloutProducer:
     def close(self) -> None:
         self.stopping.set()
         self.weights.put(None)
-        while self.thread.is_alive():
+        while self.thread is not None and self.thread.is_alive():
             try:
                 self.out.get(timeout=0.1)
             except queue.Empty:
@@ -211,12 +217,16 @@ class RolloutProducer:
                 return False
             self.worker.load_policy(*item)
 
+    def _next(self) -> Rollout | None:
+        k, (index, prompts) = next(self.batches, (None, (None, None)))
+        if k is None or self.stopping.is_set() or not self._newest_weights(k - self.lag):
+            return None
+        return self.worker.rollout(prompts, index, seed=self.seed + k)
+
     def _run(self) -> None:
         try:
-            for k, (index, prompts) in enumerate(self.batches):
-                if self.stopping.is_set() or not self._newest_weights(k - self.lag):
-                    return
-                self.out.put(self.worker.rollout(prompts, index, seed=self.seed + k))
+            while (item := self._next()) is not None:
+                self.out.put(item)
             self.out.put(None)
         except BaseException as e:  # handed to the learner, which re-raises it
             self.out.put(e)
