@@ -21,7 +21,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from openhcx.io import UserError
 from openhcx.tokenizer.morphemes import segment, segment_many
 
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # Python strings can hold them; UTF-8 cannot encode them
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # Python strings hold them, UTF-8 cannot: only looked for on failure
 
 Mode = Literal["exact", "portable"]
 
@@ -94,15 +94,17 @@ class Tokenizer:
         if mode not in ("exact", "portable"):
             raise UserError(f"unknown encode mode {mode!r} (exact or portable)")
         texts = list(texts)
-        for n, text in enumerate(texts):
-            bad = LONE_SURROGATE.search(text)
-            if bad:
-                raise UserError(f"text {n} is not valid Unicode: lone surrogate U+{ord(bad.group()):04X} "
-                                f"at offset {bad.start()}")
-        if mode == "portable" or not self.morpheme_aware:
-            return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
-        pieces = segment_many(texts, workers) if workers > 1 else map(segment, texts)
-        return [self.encode_pieces(p) for p in pieces]
+        try:
+            if mode == "portable" or not self.morpheme_aware:
+                return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+            pieces = segment_many(texts, workers) if workers > 1 else map(segment, texts)
+            return [self.encode_pieces(p) for p in pieces]
+        except (UnicodeEncodeError, TypeError):  # what HF raises on a lone surrogate, per mode
+            for n, text in enumerate(texts):
+                if bad := LONE_SURROGATE.search(text):
+                    raise UserError(f"text {n} is not valid Unicode: lone surrogate U+{ord(bad.group()):04X} "
+                                    f"at offset {bad.start()}") from None
+            raise
 
     def encode_pieces(self, pieces: list[str]) -> list[int]:
         """Encode text already cut at morpheme boundaries; BPE runs inside each piece only."""
