@@ -44,6 +44,7 @@ from openhcx.train.losses import (
 )
 from openhcx.train.rollout import Continuations, Rollout, RolloutProducer, RolloutWorker, at_responses
 from openhcx.train.rollout import response_logits, token_logprobs
+from openhcx.train.trainer import adamw
 
 CONSTRAINT_PARTS = ("length", "language", "polite")
 """Scorer parts that judge length and format (not content): the early-stopping signal."""
@@ -126,17 +127,14 @@ def entropy_of(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def adamw(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    fused = next(model.parameters()).device.type in ("cpu", "cuda")  # one kernel per tensor, as in trainer.py
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=fused)
-
-
 class PPOLearner:
     """Owns the trained policy and value model; `update` is one PPO step on one rollout batch."""
 
     def __init__(self, policy: Transformer, value: Transformer, config: PPOConfig):
         self.policy, self.value, self.config = policy.train(), value.train(), config
-        self.policy_opt, self.value_opt = adamw(policy, config.lr), adamw(value, config.value_lr)
+        device = policy.model.norm.weight.device
+        self.policy_opt = adamw(policy.parameters(), device, config.lr)
+        self.value_opt = adamw(value.parameters(), device, config.value_lr)
         self.kl_coef = config.kl_coef
         self.generator = torch.Generator().manual_seed(config.seed)
 

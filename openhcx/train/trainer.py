@@ -113,6 +113,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def adamw(params, device: torch.device, lr: float, betas: tuple[float, float] = (0.9, 0.95),
+          weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW as every stage builds it: the fused kernel where the device has one (one pass per tensor, 5-8x
+    faster than foreach on CPU; HF Trainer's default on torch >= 2.8)."""
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=1e-8, weight_decay=weight_decay,
+                             fused=device.type in ("cpu", "cuda"))
+
+
 def measured_peak_flops(device: torch.device) -> float:
     """Datasheet bf16 peak for known GPUs; otherwise the best throughput of a large matmul, measured here."""
     if device.type == "cuda":
@@ -173,10 +181,8 @@ class Trainer:
                  callbacks: Sequence[Callback] = ()):
         self.model, self.config, self.loader, self.loss_fn, self.world = model, config, loader, loss_fn, world
         self.flops_per_token, self.peak_flops, self.callbacks = flops_per_token, peak_flops, list(callbacks)
-        # The fused kernel (one pass over each tensor; HF Trainer's default too) is 5-8x faster than foreach on CPU.
-        self.optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
-                                           betas=(config.beta1, config.beta2), eps=1e-8,
-                                           fused=world.device.type in ("cpu", "cuda"))
+        self.optimizer = adamw(param_groups(model, config.weight_decay), world.device, config.lr,
+                               (config.beta1, config.beta2))
         self.step = 0
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if world.device.type == "cuda"
                          else contextlib.nullcontext())
