@@ -35,6 +35,7 @@ from openhcx.data.chat import render_prompt
 from openhcx.io import atomic_file, write_json
 from openhcx.model.generate import Sampling, generate
 from openhcx.model.hf import load_checkpoint
+from openhcx.model.transformer import Transformer
 from openhcx.tokenizer.tokenizer import ENDOFTURN, EOT, PAD, Tokenizer
 from openhcx.train.ppo import ppo, read_prompts
 from openhcx.train.reward import RewardModel, train_reward
@@ -52,15 +53,18 @@ def read_records(path: Path) -> list[PromptRecord]:
     return [PromptRecord.from_json(json.loads(line), f"{path.name}:{n}") for n, line in enumerate(lines, 1)]
 
 
-def answer(model_dir: Path, conversations: list, rm: RewardModel | None = None,
+def load(model_dir: Path) -> tuple[Tokenizer, Transformer]:
+    return Tokenizer.load(model_dir), load_checkpoint(model_dir)[0].eval()
+
+
+def answer(policy: tuple[Tokenizer, Transformer], conversations: list, rm: RewardModel | None = None,
            max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
     """Greedy responses cut at the turn's end, with their reward-model scores when `rm` is given."""
-    tok = Tokenizer.load(model_dir)
-    model, _ = load_checkpoint(model_dir)
+    tok, model = policy
     prompts = [render_prompt(messages, tok) for messages in conversations]
     stops = (tok.id(ENDOFTURN), tok.id(EOT))
     done = [c for i in range(0, len(prompts), 128)
-            for c in generate(model.eval(), prompts[i:i + 128],
+            for c in generate(model, prompts[i:i + 128],
                               Sampling(max_new_tokens=max_new_tokens, stop_ids=stops), decode=tok.decode)]
     out = {"texts": [c.text for c in done]}
     if rm is not None:
@@ -84,13 +88,11 @@ def mean_length(responses: list[str]) -> float:
 
 
 @torch.no_grad()
-def sampled_kl(policy_dir: Path, reference_dir: Path, rm: RewardModel, records: list[PromptRecord],
-               max_new_tokens: int, seed: int = 1234) -> dict:
+def sampled_kl(policy: tuple[Tokenizer, Transformer], reference: Transformer, rm: RewardModel,
+               records: list[PromptRecord], max_new_tokens: int, seed: int = 1234) -> dict:
     """Mean over sampled responses (temperature 1, as in training) of sum_t log pi - log pi_ref: the k1 estimate
     of the per-response KL, unbiased under the policy's own samples; with their reward and repetition."""
-    tok = Tokenizer.load(policy_dir)
-    policy, _ = load_checkpoint(policy_dir)
-    reference, _ = load_checkpoint(reference_dir)
+    tok, policy = policy
     stops = (tok.id(ENDOFTURN), tok.id(EOT))
     worker = RolloutWorker(policy, reference, rm, Sampling(max_new_tokens=max_new_tokens, temperature=1.0,
                                                            stop_ids=stops), tok.id(PAD), decode=tok.decode)
@@ -170,14 +172,14 @@ def ppo_report(out: Path, records: list[PromptRecord], rm: RewardModel, names: l
 
 def evaluate_policy(model: Path, sft_dir: Path, records: list[PromptRecord], rm: RewardModel) -> dict:
     """Greedy held-out answers (48 and 128 new tokens), greedy answers to the PPO prompts, sampled KL."""
-    held = [r.messages for r in records]
-    greedy = answer(model, held, rm)
-    long = answer(model, held, max_new_tokens=128)["texts"]
-    train_texts = answer(model, read_prompts([str(DEMO / "sft.jsonl")]))["texts"]
+    held, policy = [r.messages for r in records], load(model)
+    greedy = answer(policy, held, rm)
+    long = answer(policy, held, max_new_tokens=128)["texts"]
+    train_texts = answer(policy, read_prompts([str(DEMO / "sft.jsonl")]))["texts"]
     return (judge(records, greedy.pop("texts")) | greedy
             | {"long": {"repetition_rate": repetition_rate(long), "length_chars": mean_length(long)},
                "train_prompts": {"repetition_rate": repetition_rate(train_texts), "prompts": len(train_texts)},
-               "sampled": sampled_kl(model, sft_dir, rm, records, MAX_NEW_TOKENS)})
+               "sampled": sampled_kl(policy, load(sft_dir)[1], rm, records, MAX_NEW_TOKENS)})
 
 
 def main() -> None:
@@ -217,8 +219,9 @@ def main() -> None:
         summary["sft"] = ({k: sft_manifest[k] for k in ("steps", "heldout_loss_start", "heldout_loss_end",
                                                         "trained_tokens")} | {"seconds": round(sft_seconds, 1)})
         summary["heldout_prompts"] = len(records)
-        summary["base"] = judge(records, answer(Path(a.base), [r.messages for r in records])["texts"])
-        summary["sft_scores"] = judge(records, answer(sft_model, [r.messages for r in records])["texts"])
+        held = [r.messages for r in records]
+        summary["base"] = judge(records, answer(load(Path(a.base)), held)["texts"])
+        summary["sft_scores"] = judge(records, answer(load(sft_model), held)["texts"])
     if "reward" in stages:
         start = time.perf_counter()
         rm = train_reward(str(out / "sft/model"), [str(DEMO / "preference.jsonl")], str(out / "reward"),
