@@ -10,7 +10,7 @@ from openhcx.model.generate import (
     argmax,
     FimTokens, Sampling, generate, infill, penalize_repetition, psm_prompt, sampling_probs,
 )
-from openhcx.model.transformer import Transformer, model_config
+from openhcx.model.transformer import Transformer, decoding_head, decoding_logits, model_config
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
 
@@ -46,6 +46,28 @@ def test_blocked_argmax_equals_torch_argmax_with_ties():
     tied[2, 301] = 5.0
     assert argmax(tied).tolist() == tied.argmax(-1).tolist() == [300, 300, 300, 300]
     assert argmax(torch.zeros(2, 512)).tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoding_head_layouts_give_the_heads_logits(dtype):
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(16000, 128, generator=g).to(dtype)
+    threads = torch.get_num_threads()
+    seen = set()
+    try:
+        for n_threads, rows in ((1, 1), (1, 8), (2, 1), (2, 3)):
+            torch.set_num_threads(n_threads)
+            head = decoding_head(weight, rows)
+            seen.add(head.is_mkldnn)
+            h = torch.randn(rows, 1, 128, generator=g).to(dtype)
+            want = torch.nn.functional.linear(h.double(), weight.double())
+            got = decoding_logits(h, head)
+            assert got.shape == (rows, 1, 16000) and got.dtype == dtype
+            torch.testing.assert_close(got.double(), want, atol=1e-4 if dtype == torch.float32 else 0.2, rtol=1e-2)
+    finally:
+        torch.set_num_threads(threads)
+    # One row on one thread takes the (dim, vocab) copy; more rows or threads the packed oneDNN layout.
+    assert seen == ({False, True} if torch.backends.mkldnn.is_available() else {False})
 
 
 def test_temperature_scales_logits():

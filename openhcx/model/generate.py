@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from openhcx.io import UserError
-from openhcx.model.transformer import KVCache, Transformer
+from openhcx.model.transformer import KVCache, Transformer, decoding_head
 
 
 @dataclass(frozen=True)
@@ -171,9 +171,9 @@ def generate(
         return _finish(out, decode)
     cache = KVCache(config, len(prompts), longest + budget, device, dtype=model.model.norm.weight.dtype)
     if device.type == "cpu" and budget > 1:
-        # One transposed copy of the head per call (vocab x dim floats while decoding) makes every step's
-        # product of a few rows against it 1.5-2x faster on CPU; GPUs' matmuls do not care about the layout.
-        cache.head = model.lm_head.weight.detach().t().contiguous()
+        # One copy of the head per call, laid out for few-row products: 1.5-3x faster steps on CPU; GPUs'
+        # matmuls do not care about the layout.
+        cache.head = decoding_head(model.lm_head.weight, len(prompts))
     # Without stops or streaming no row can end early and nothing needs a token on the host before the end.
     watch = bool(sampling.stop_ids or sampling.stop_strings or on_token)
     chosen_steps = []
