@@ -68,6 +68,7 @@ def test_broken_newest_checkpoint_is_named_and_skipped(data, uninterrupted, tmp_
     shutil.copytree(uninterrupted, out)
     root = out / "checkpoints"
     assert [p.name for p in sorted(root.iterdir())] == ["step-00000020", "step-00000025", "step-00000030"]
+    assert {json.loads((p / "manifest.json").read_text())["stage"] for p in root.iterdir()} == {"pretrain-checkpoint"}
     weights = root / "step-00000030" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated
     optimizer = root / "step-00000025" / "trainer" / "optimizer.safetensors"

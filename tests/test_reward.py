@@ -105,6 +105,8 @@ def test_heldout_accuracy_beats_chance_and_is_logged(trained):
     assert pairs >= 100 and acc >= 0.7  # chance is 0.5; 0.7 of 100+ pairs is over 4 standard deviations above
     rows = [json.loads(line) for line in (trained / "eval.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and rows[-1]["step"] == manifest["steps"] and rows[-1]["accuracy"] == acc
+    saved = sorted((trained / "checkpoints").iterdir())
+    assert saved and all(json.loads((c / "manifest.json").read_text())["stage"] == "reward-checkpoint" for c in saved)
 
 
 def test_norm_stats_are_stored_and_applied(trained, pair_data):

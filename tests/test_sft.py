@@ -123,6 +123,8 @@ def test_short_sft_lowers_heldout_assistant_loss_and_resumes(tiny_lm, tmp_path, 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 for r in rows)
     assert len({r["seq_len"] for r in rows}) > 1  # batch shapes vary with the lengths they group
+    saved = sorted((out / "checkpoints").iterdir())
+    assert saved and all(json.loads((c / "manifest.json").read_text())["stage"] == "sft-checkpoint" for c in saved)
     # The result is a HF directory with the tokenizer; transformers reads it with no custom code.
     model, config = load_checkpoint(path)
     assert config.head == "lm" and (path / "tokenizer.json").is_file() and (path / "tokenizer_config.json").is_file()

@@ -132,8 +132,11 @@ def join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save(trainer: Trainer, path: Path, model_config: ModelConfig, tokenizer_dir: str | Path | None,
-         run_config: dict, inputs: dict) -> Path:
-    """Write a checkpoint of the trainer's current step (collective: every rank must call it)."""
+         run_config: dict, inputs: dict, stage: str) -> Path:
+    """Write a checkpoint of the trainer's current step (collective: every rank must call it).
+
+    stage: the training stage that writes it (pretrain, sft, reward); the manifest says "<stage>-checkpoint".
+    """
     world, model = trainer.world, trainer.inner_model
     weights = get_model_state_dict(model, options=FULL)  # gathered from FSDP shards on every rank
     optimizer = get_optimizer_state_dict(model, trainer.optimizer, options=FULL)
@@ -154,7 +157,7 @@ def save(trainer: Trainer, path: Path, model_config: ModelConfig, tokenizer_dir:
         write_json(tmp / STATE_DIR / "optimizer.json", meta)
         barrier(world)  # the other ranks' files are in place
         files = {p.relative_to(tmp).as_posix(): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        write_manifest(tmp, "pretrain-checkpoint", run_config, inputs, step=trainer.step, world_size=world.size,
+        write_manifest(tmp, f"{stage}-checkpoint", run_config, inputs, step=trainer.step, world_size=world.size,
                        files=files)
     barrier(world)
     return path
@@ -201,8 +204,8 @@ class Checkpointer(Callback):
     """Saves every `every` steps and at the last step, then tells the other callbacks."""
 
     def __init__(self, root: Path, every: int, keep: int, model_config: ModelConfig,
-                 tokenizer_dir: str | Path | None, run_config: dict, inputs: dict):
-        self.root, self.every, self.keep = Path(root), every, keep
+                 tokenizer_dir: str | Path | None, run_config: dict, inputs: dict, stage: str):
+        self.root, self.every, self.keep, self.stage = Path(root), every, keep, stage
         self.model_config, self.tokenizer_dir, self.run_config, self.inputs = (model_config, tokenizer_dir,
                                                                                 run_config, inputs)
 
@@ -211,7 +214,7 @@ class Checkpointer(Callback):
         if not (due or trainer.step == trainer.config.steps):
             return
         path = save(trainer, checkpoint_path(self.root, trainer.step), self.model_config, self.tokenizer_dir,
-                    self.run_config, self.inputs)
+                    self.run_config, self.inputs, self.stage)
         if trainer.world.is_main:
             prune(self.root, self.keep)
         trainer.checkpoint_saved(path)

@@ -202,7 +202,7 @@ def run_pretraining(plan: PretrainPlan, loader, world: World) -> Path:
     model = build_model(plan, world)
     inputs = {"tokenizer": str(plan.tokenizer), "shards": str(plan.args.get("shards"))}
     callbacks = [Checkpointer(root, plan.checkpoint_every, plan.keep_checkpoints, plan.model, plan.tokenizer,
-                              plan.args, inputs),
+                              plan.args, inputs, "pretrain"),
                  MetricsLog(out / "metrics.jsonl"), LossCurve(out / "metrics.jsonl", out / "loss.png", "pretraining loss")]
     if plan.progress:
         callbacks.append(ProgressBar())

@@ -168,7 +168,7 @@ def run_plan(plan: RunPlan, model: nn.Module, loader: EpochLoader, loss_fn: Call
     model = wrap(model, plan.parallel, world)
     callbacks: list[Callback] = [
         Checkpointer(root, plan.checkpoint_every, plan.keep_checkpoints, plan.model, plan.inputs["tokenizer"],
-                     plan.args, plan.inputs),
+                     plan.args, plan.inputs, plan.stage),
         MetricsLog(out / "metrics.jsonl"), LossCurve(out / "metrics.jsonl", out / "loss.png", f"{plan.stage} loss")]
     if plan.progress:
         callbacks.append(ProgressBar())
