@@ -1,4 +1,4 @@
-"""Crash-safe outputs and user-facing errors.
+"""Crash-safe outputs, user-facing errors, and the one reader of text lines from user files.
 
 Every artifact is written to a temporary sibling and renamed into place only when complete, so a
 failed or killed stage never leaves a half-written directory or file behind. Not a storage layer.
@@ -7,12 +7,14 @@ failed or killed stage never leaves a half-written directory or file behind. Not
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 
 def _umask() -> int:
@@ -79,6 +81,52 @@ def require_file(path: str | Path, what: str = "file") -> Path:
     if not path.exists():
         raise UserError(f"{path}: {what} not found")
     return path
+
+
+def _open_bytes(path: Path) -> IO[bytes]:
+    """Open a file for reading, decompressing it if it starts with the gzip magic bytes."""
+    f = open(path, "rb")
+    if f.read(2) == b"\x1f\x8b":
+        f.close()
+        return gzip.open(path, "rb")
+    f.seek(0)
+    return f
+
+
+def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, line with its ending) of a UTF-8 text file, gzip-compressed or not (told by its first bytes,
+    not its name); a byte order mark is dropped. Bad UTF-8 or a broken gzip stream is a UserError naming the file
+    and line, so no reader of user files ends in a UnicodeDecodeError traceback."""
+    path = Path(path)
+    lineno = 0
+    try:
+        with _open_bytes(path) as f:
+            for lineno, raw in enumerate(f, start=1):
+                if lineno == 1:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is not text
+                try:
+                    yield lineno, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(
+                        f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                    ) from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise UserError(f"{path}:{lineno + 1}: corrupt gzip data ({e})") from None
+
+
+def json_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSON Lines file (gzip or not); a line that is not
+    JSON, or not an object, is a UserError naming the file and line."""
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        yield lineno, record
 
 
 def code_version() -> str:

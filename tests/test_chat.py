@@ -9,6 +9,7 @@ import pytest
 
 from openhcx.data.chat import (BadRecord, Conversation, Message, read_conversations, render, render_prompt, show,
                                to_json, tokenize)
+from openhcx.io import UserError
 from openhcx.tokenizer.tokenizer import DEFAULT_PREAMBLE, Tokenizer
 
 SAMPLE = [
@@ -174,6 +175,21 @@ def test_bad_records_in_other_formats(tmp_path):
         read_conversations(csv_path)
     with pytest.raises(Exception, match=r"qa.csv:1: missing column 'Answer'"):
         read_conversations(csv_path, answer="Answer")
+
+
+def test_bytes_that_are_not_utf8_are_named_by_file_and_line(tmp_path):
+    good = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(good + good.replace(b"q", b"\xffq"))
+    with pytest.raises(UserError, match=r"c.jsonl:2: not valid UTF-8 \(byte 0xff at column 44\)"):
+        read_conversations(path, skip_bad=True)  # not a record to skip: the file itself is not text
+    csv_path = tmp_path / "qa.csv"
+    csv_path.write_bytes("Q,A\n질문,답\n".encode() + b"q,\xe9\n")
+    with pytest.raises(UserError, match=r"qa.csv:3: not valid UTF-8 \(byte 0xe9 at column 3\)"):
+        read_conversations(csv_path)
+    # A spreadsheet's byte order mark is not part of the first column's name.
+    csv_path.write_bytes(b"\xef\xbb\xbf" + "Q,A\n질문,답\n".encode())
+    assert [m.content for m in read_conversations(csv_path).records[0].messages] == ["질문", "답"]
 
 
 def test_skip_bad_counts_by_reason(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 from openhcx.data.chat import BadRecord, Message, render
 from openhcx.data.preference import PreferencePair, group_by_prompt, read_pairs, render_pair, split_hh
+from openhcx.io import UserError
 from openhcx.tokenizer.tokenizer import Tokenizer
 
 HH_CHOSEN = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How do I pick a lock?\n\nAssistant: I can't help with that."
@@ -88,6 +89,14 @@ def test_bad_pair_names_file_and_line(tmp_path, record, reason, message):
     with pytest.raises(BadRecord) as e:
         read_pairs(path)
     assert e.value.reason == reason and str(e.value).startswith(f"{path}:2: ") and message in str(e.value)
+
+
+def test_bytes_that_are_not_utf8_are_named_by_file_and_line(tmp_path):
+    path = tmp_path / "p.jsonl.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b'{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "\xc3", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(UserError, match=r"p.jsonl.gz:2: not valid UTF-8 \(byte 0xc3 at column 13\)"):
+        read_pairs(path, skip_bad=True)
 
 
 def test_skip_bad_counts_pairs(tmp_path):

@@ -14,14 +14,13 @@ Not here: batching by length (the SFT trainer), preference pairs (preference.py)
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Generic, Iterator, Literal, Sequence, TypeVar
 
-from openhcx.io import UserError, require_file
+from openhcx.io import UserError, require_file, text_lines
 from openhcx.tokenizer.tokenizer import ASSISTANT, DEFAULT_PREAMBLE, ENDOFTURN, NUM_RESERVED, USER, Mode, Tokenizer
 
 ROLES = ("system", "user", "assistant")
@@ -204,18 +203,12 @@ _BYTE_TABLE = _byte_table()
 # ---- reading ----------------------------------------------------------------------------------------------
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                yield n, line
-
-
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, object]]:
     """("file:line", parsed JSON or a BadRecord for a malformed line) for every non-blank line."""
     path = require_file(path)
-    for n, line in _lines(path):
+    for n, line in text_lines(path):
+        if not line.strip():
+            continue
         try:
             yield f"{path}:{n}", json.loads(line)
         except json.JSONDecodeError as e:
@@ -296,18 +289,17 @@ def detect_format(path: Path) -> str:
 def read_qa_csv(path: str | Path, question: str = "Q", answer: str = "A") -> Iterator[tuple[str, object]]:
     """("file:line", messages or BadRecord) for each row of a question/answer CSV, one user and one assistant turn."""
     path = require_file(path)
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in (question, answer) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{path}:1: missing column {missing[0]!r} (columns: {reader.fieldnames})")
-        start = 2
-        for row in reader:
-            where, start = f"{path}:{start}", reader.line_num + 1
-            if row[answer] is None or row[question] is None:
-                yield where, BadRecord("missing_field", "row has fewer columns than the header")
-            else:
-                yield where, [Message("user", row[question]), Message("assistant", row[answer])]
+    reader = csv.DictReader(line for _, line in text_lines(path))
+    missing = [c for c in (question, answer) if c not in (reader.fieldnames or [])]
+    if missing:
+        raise UserError(f"{path}:1: missing column {missing[0]!r} (columns: {reader.fieldnames})")
+    start = 2
+    for row in reader:
+        where, start = f"{path}:{start}", reader.line_num + 1
+        if row[answer] is None or row[question] is None:
+            yield where, BadRecord("missing_field", "row has fewer columns than the header")
+        else:
+            yield where, [Message("user", row[question]), Message("assistant", row[answer])]
 
 
 def read_conversations(path: str | Path, format: Format = "auto", skip_bad: bool = False,

@@ -19,7 +19,6 @@ import json
 import logging
 import re
 import unicodedata
-import zlib
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from openhcx.data.filters import RULES, FilterConfig, Keywords, rejection
 from openhcx.data.pii import scrub_pii
-from openhcx.io import UserError, atomic_dir, write_manifest
+from openhcx.io import UserError, atomic_dir, json_objects, text_lines, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -140,38 +139,10 @@ def file_format(path: Path, declared: str) -> str:
     )
 
 
-def _open_bytes(path: Path) -> IO[bytes]:
-    """Open a file for reading, decompressing it if it starts with the gzip magic bytes."""
-    f = open(path, "rb")
-    if f.read(2) == b"\x1f\x8b":
-        f.close()
-        return gzip.open(path, "rb")
-    f.seek(0)
-    return f
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, decoded line) pairs; bad UTF-8 or a broken gzip stream names the file and line."""
-    lineno = 0
-    try:
-        with _open_bytes(path) as f:
-            for lineno, raw in enumerate(f, start=1):
-                if lineno == 1:
-                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is not text
-                try:
-                    yield lineno, raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise UserError(
-                        f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
-                    ) from None
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise UserError(f"{path}:{lineno + 1}: corrupt gzip data ({e})") from None
-
-
 def read_txt(path: Path, split_blank_lines: bool = False) -> Iterator[str]:
     """The whole file as one document, or each blank-line-separated paragraph."""
     lines: list[str] = []
-    for _, line in _lines(path):
+    for _, line in text_lines(path):
         if split_blank_lines and not line.strip():
             if lines:
                 yield "".join(lines)
@@ -184,15 +155,7 @@ def read_txt(path: Path, split_blank_lines: bool = False) -> Iterator[str]:
 
 def read_jsonl(path: Path, text_field: str = "text") -> Iterator[str]:
     """The text field of every JSON line; blank lines are skipped."""
-    for lineno, line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+    for lineno, record in json_objects(path):
         if text_field not in record:
             raise UserError(f"{path}:{lineno}: missing text field '{text_field}' (keys: {', '.join(record)})")
         text = record[text_field]
@@ -442,7 +405,7 @@ def iter_documents(corpus_dir: str | Path, split: str = "train", labels: Iterabl
         raise UserError(f"labels: {', '.join(unknown)} not in {corpus_dir} (it has {', '.join(known)})")
     for label in wanted:
         for name in manifest["shards"][split].get(label, []):
-            for lineno, line in _lines(corpus_dir / name):
+            for lineno, line in text_lines(corpus_dir / name):
                 try:
                     yield Document(**json.loads(line))
                 except (json.JSONDecodeError, TypeError) as e:

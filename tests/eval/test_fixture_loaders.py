@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 
 import pytest
@@ -124,9 +125,29 @@ def test_kobbq_real_files(bench):
     assert sum(it.get("condition") == "ambig" for it in items) == 1140
 
 
+def test_benchmark_files_not_utf8_are_named_by_line_and_gzip_or_bom_are_read(tmp_path):
+    from openhcx.eval.tasks.files import read_csv, read_jsonl, read_tsv
+
+    (tmp_path / "a.tsv").write_bytes(b"q\tlabel\nx\t0\n\xb0\t1\n")
+    with pytest.raises(UserError, match=r"a.tsv:3: not valid UTF-8 \(byte 0xb0 at column 1\)"):
+        read_tsv(tmp_path / "a.tsv")
+    (tmp_path / "a.csv").write_bytes(b'"x, y",1\n"z\xff",2\n')
+    with pytest.raises(UserError, match=r"a.csv:2: not valid UTF-8"):
+        read_csv(tmp_path / "a.csv", width=2)
+    (tmp_path / "a.jsonl").write_bytes(b'{"a": 1}\n\n{"a": "\xfe"}\n')
+    with pytest.raises(UserError, match=r"a.jsonl:3: not valid UTF-8"):
+        read_jsonl(tmp_path / "a.jsonl")
+    # gzip told by its bytes, a byte order mark dropped, CRLF and a quoted line break inside a CSV field kept.
+    gz = tmp_path / "b.csv.gz"
+    gz.write_bytes(gzip.compress(b'\xef\xbb\xbfq,a\r\n"two\r\nlines",1\r\n'))
+    assert read_csv(gz, width=2) == [(1, ["q", "a"]), (2, ["two\r\nlines", "1"])]
+    (tmp_path / "b.tsv").write_bytes(b"\xef\xbb\xbfq\tlabel\r\nx\t0\r\n\r\ny\t1")
+    assert read_tsv(tmp_path / "b.tsv") == [(2, {"q": "x", "label": "0"}), (4, {"q": "y", "label": "1"})]
+
+
 def test_malformed_jsonl_names_file_and_line(tmp_path):
     (tmp_path / "dev.jsonl").write_text('{"sentence": "a _ b", "option1": "x", "option2": "y", "answer": "1"}\n{oops\n')
-    with pytest.raises(UserError, match=r"dev.jsonl:2: invalid JSON"):
+    with pytest.raises(UserError, match=r"dev.jsonl:2: malformed JSON"):
         REGISTRY.tasks["winogrande"].load(tmp_path, "dev")
     (tmp_path / "dev.jsonl").write_text('{"sentence": "no blank", "option1": "x", "option2": "y", "answer": "1"}\n')
     with pytest.raises(UserError, match=r"dev.jsonl:1: sentence has no blank"):

@@ -1,5 +1,6 @@
 """Readers for benchmark files exactly as their authors ship them, with errors naming file and line.
 
+Lines come from openhcx.io.text_lines (gzip or not, byte order mark dropped, bad UTF-8 named by line).
 TSV is split on tabs with no quoting (KoBEST and KoBBQ quote nothing and contain stray quotes), CRLF
 endings are tolerated; CSV goes through the csv module; JSON Lines are parsed line by line.
 Not here: any benchmark-specific field mapping (that lives in each family's module).
@@ -8,32 +9,27 @@ Not here: any benchmark-specific field mapping (that lives in each family's modu
 from __future__ import annotations
 
 import csv
-import gzip
-import json
 from pathlib import Path
+from typing import Iterator
 
-from openhcx.io import UserError, require_file
+from openhcx.io import UserError, json_objects, require_file, text_lines
 
 
-def _open(path: Path):
-    path = require_file(path, "benchmark file")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+def _lines(path: Path) -> Iterator[str]:
+    """The file's lines with their endings, as the csv module wants them."""
+    return (line for _, line in text_lines(require_file(path, "benchmark file")))
 
 
 def read_tsv(path: str | Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict[str, str]]]:
     """Rows as (line number, {header: value}); every row must have as many fields as the header."""
     path = Path(path)
-    with _open(path) as f:
-        lines = f.read().split("\n")
-    header = lines[0].rstrip("\r").split("\t")
+    lines = [line.rstrip("\r\n") for line in _lines(path)] or [""]
+    header = lines[0].split("\t")
     missing = [c for c in required if c not in header]
     if missing:
         raise UserError(f"{path}:1: header lacks column(s) {missing} (found {header})")
     rows = []
     for n, line in enumerate(lines[1:], start=2):
-        line = line.rstrip("\r")
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -47,33 +43,19 @@ def read_csv(path: str | Path, width: int) -> list[tuple[int, list[str]]]:
     """Rows as (line number, fields); each row must have `width` fields."""
     path = Path(path)
     rows = []
-    with _open(path) as f:
-        reader = csv.reader(f)
-        start = 1
-        for fields in reader:
-            if fields and len(fields) != width:
-                raise UserError(f"{path}:{start}: expected {width} comma-separated fields, found {len(fields)}")
-            if fields:
-                rows.append((start, fields))
-            start = reader.line_num + 1
+    reader = csv.reader(_lines(path))
+    start = 1
+    for fields in reader:
+        if fields and len(fields) != width:
+            raise UserError(f"{path}:{start}: expected {width} comma-separated fields, found {len(fields)}")
+        if fields:
+            rows.append((start, fields))
+        start = reader.line_num + 1
     return rows
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    path = Path(path)
-    rows = []
-    with _open(path) as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{n}: expected a JSON object per line")
-            rows.append((n, obj))
-    return rows
+    return list(json_objects(require_file(path, "benchmark file")))
 
 
 def field(path: Path, line: int, row: dict, key: str):
@@ -103,8 +85,7 @@ def read_csv_dicts(path: str | Path, required: tuple[str, ...]) -> list[tuple[in
 
 
 def _header(path: Path) -> list[str]:
-    with _open(path) as f:
-        return next(csv.reader(f), [])
+    return next(csv.reader(_lines(path)), [])
 
 
 def read_records(root: Path, stem: str) -> list[tuple[Path, int, dict]]:
