@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,14 @@ def test_pretrain_learns_and_records_metrics_curve_and_mlflow(data, tmp_path, mo
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["loss.png"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     assert tracking_uri(out) == "http://tracking.example:5000"
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")),
+                    reason="torch.compile on CPU generates C++ and needs a C++ compiler, none is on PATH")
+def test_compiled_blocks_train_to_the_same_losses(data, tmp_path):
+    plain, compiled = tmp_path / "plain", tmp_path / "compiled"
+    pretrain(**args(data, plain, steps=4))
+    pretrain(**args(data, compiled, steps=4, compile=True))
+    losses = [[json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+              for out in (plain, compiled)]
+    assert len(losses[1]) == 4 and max(abs(a - b) for a, b in zip(*losses)) < 1e-4
