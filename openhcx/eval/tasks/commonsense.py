@@ -14,7 +14,7 @@ from pathlib import Path
 from openhcx.eval.tasks import REGISTRY, Item, Task
 from openhcx.eval.tasks.files import field, label, read_jsonl
 from openhcx.eval.tasks.mmlu import lettered
-from openhcx.io import UserError, require_file
+from openhcx.io import UserError, require_file, text_lines
 
 
 def _clean(text: str) -> str:
@@ -51,7 +51,7 @@ def winogrande(root: Path, split: str) -> list[Item]:
 
 def piqa(root: Path, split: str) -> list[Item]:
     path, labels = root / f"{split}.jsonl", require_file(root / f"{split}-labels.lst")
-    golds = labels.read_text().split()
+    golds = [gold for _, line in text_lines(labels) for gold in line.split()]
     rows = read_jsonl(path)
     if len(golds) != len(rows):
         raise UserError(f"{labels}: {len(golds)} labels for {len(rows)} questions in {path}")
