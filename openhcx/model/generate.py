@@ -171,8 +171,8 @@ def generate(
         return _finish(out, decode)
     cache = KVCache(config, len(prompts), longest + budget, device, dtype=model.model.norm.weight.dtype)
     if device.type == "cpu" and budget > 1:
-        # One copy of the head per call, laid out for few-row products: 1.5-3x faster steps on CPU; GPUs'
-        # matmuls do not care about the layout.
+        # One copy of the head per call, laid out for few-row products: on CPU the head's product per step gets
+        # 2-3x faster at 2-32 rows (about 25% off a batch-8 step); GPUs' matmuls do not care about the layout.
         cache.head = decoding_head(model.lm_head.weight, len(prompts))
     # Without stops or streaming no row can end early and nothing needs a token on the host before the end.
     watch = bool(sampling.stop_ids or sampling.stop_strings or on_token)
