@@ -15,7 +15,9 @@ from jsonargparse import CLI, set_parsing_settings
 from openhcx.io import UserError
 
 COMMANDS = {
-    "run": "openhcx.recipe:run",
+    "run": "openhcx.pipeline.runner:run",
+    "status": "openhcx.pipeline.status:status",
+    "worker": "openhcx.pipeline.evaluation:worker",
     "corpus build": "openhcx.data.corpus:build_corpus",
     "tokenizer train": "openhcx.tokenizer.train:train_tokenizer",
     "tokenizer report": "openhcx.tokenizer.report:tokenizer_report",
@@ -30,8 +32,12 @@ COMMANDS = {
     "chat": "openhcx.chat:chat",
     "import-hf": "openhcx.model.hf:import_hf",
     "export": "openhcx.model.hf:export",
+    "report": "openhcx.pipeline.report:build_report",
 }
 
+
+# Commands whose one required argument may also be given bare: `openhcx status RUN`.
+POSITIONAL = {"status": "--run", "report": "--run"}
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)  # dataclass field docs show in --help
 
@@ -56,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if name is None:
         print(usage(), file=sys.stdout if argv[:1] in ([], ["-h"], ["--help"]) else sys.stderr)
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+    args = argv[len(name.split()):]
+    if name in POSITIONAL and args[:1] and not args[0].startswith("-"):
+        args = [POSITIONAL[name], *args]
     try:
-        CLI(load_function(COMMANDS[name]), args=argv[len(name.split()):], prog=f"openhcx {name}", as_positional=False)
+        CLI(load_function(COMMANDS[name]), args=args, prog=f"openhcx {name}", as_positional=False)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

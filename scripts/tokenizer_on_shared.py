@@ -1,7 +1,7 @@
 """Train and report the tokenizer on the larger real Korean prose in the shared corpora (never committed).
 
 Korean: Blue House petitions (CC0), NSMC movie reviews (CC0), KoCoNovel (CC BY-SA 4.0); English and code:
-the demo corpora. Writes runs/shared/{corpus,tokenizer,tokenizer-plain-bpe,report}. Usage:
+the demo corpora. Writes runs/shared/{corpus,tokenizer,tokenizer-plain-bpe,tokenizer-report}. Usage:
     python scripts/tokenizer_on_shared.py [--shared ../shared] [--vocab-size 100000] [--out runs/shared]
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from openhcx.recipe import run
+from openhcx.pipeline.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
