@@ -98,6 +98,7 @@ def test_radar_cli_merges_one_models_files(tmp_path):
     assert table(files).count("\n") == 3  # header, rule, one row
     page = radar(files, str(tmp_path / "radar.html")).read_text(encoding="utf-8")
     assert page.count("<tr>") == 2 and "data:image/png;base64," in page
+    assert "<th>model</th>" in page  # a path label says more than stage and step
     (tmp_path / "bad.json").write_text('{"model": "x", "tasks": {"a": {"n": 1}}}')
     with pytest.raises(UserError, match="bad.json: not an evaluation results.json"):
         radar([str(tmp_path / "bad.json")], str(tmp_path / "r.png"))
@@ -206,12 +207,13 @@ def test_report_of_a_whole_run(tmp_path):
 
     table_rows = [r for r in page.rows if len(r) > 10]
     head = table_rows[0]
-    evals = {r[0]: dict(zip(head, r)) for r in table_rows[1:]}
-    assert list(evals) == ["sft step 10", "sft step 20", "sft step 30", "sft step 40", "sft final", "ppo final"]
-    assert evals["sft step 40"]["Math"] == "25.00" and evals["sft step 10"]["Math"] == "missing"
-    assert evals["sft step 40"]["Code"] == "missing" and evals["ppo final"]["bpb"] == "missing"
-    assert evals["sft step 20"]["bpb"] == "1.8" and evals["ppo final"]["heldout_score"] == "0.7"
-    assert evals["sft final"]["step"] == "final" and evals["sft step 20"]["Korean"] == "50.00"
+    assert head[:3] == ["stage", "step", "bpb"]  # labels say no more than stage and step: no model column
+    evals = {" ".join(r[:2]): dict(zip(head, r)) for r in table_rows[1:]}
+    assert list(evals) == ["sft 10", "sft 20", "sft 30", "sft 40", "sft final", "ppo final"]
+    assert evals["sft 40"]["Math"] == "25.00" and evals["sft 10"]["Math"] == "missing"
+    assert evals["sft 40"]["Code"] == "missing" and evals["ppo final"]["bpb"] == "missing"
+    assert evals["sft 20"]["bpb"] == "1.8" and evals["ppo final"]["heldout_score"] == "0.7"
+    assert evals["sft 20"]["Korean"] == "50.00"
     assert "steps 40, final_loss 1.774" in [r for r in page.rows if r[0] == "sft" and len(r) == 2][0][1]
 
     tok = [r for r in page.rows if r and r[0] == "plain byte-level BPE"][0]
@@ -284,5 +286,5 @@ def test_results_without_checkpoint_take_it_from_their_place_in_the_run(tmp_path
     write_results(run / "evals" / "base" / "step-00000010" / "results.json", "snapshot", SUITES[0])
     write_results(run / "evals" / "final" / "base" / "results.json", "elsewhere", SUITES[1])
     page = Page(build_report(str(run)).read_text(encoding="utf-8"))
-    assert [r[:3] for r in page.rows if r and r[0].startswith("base ")] == [["base step 10", "base", "10"],
-                                                                           ["base final", "base", "final"]]
+    assert [r[:3] for r in page.rows if r and r[0] == "base" and len(r) > 3] == [["base", "10", "40.00"],
+                                                                                ["base", "final", "missing"]]

@@ -164,20 +164,23 @@ def table(results: list[str | Path]) -> str:
 
 
 def html_table(models: list[ModelScores]) -> str:
-    """An HTML table: model, stage, step, every suite metric seen, each category, overall ("missing" where absent)."""
+    """An HTML table: stage, step, every suite metric seen, each category, overall ("missing" where absent);
+    first a model column when some label says more than stage and step (a model path, two runs' checkpoints)."""
     metric_names = sorted({k for m in models for k in m.metrics})
-    head = ["model", "stage", "step", *metric_names, *CATEGORIES, "overall"]
+    named = any(m.checkpoint is None or m.label != m.checkpoint.label for m in models)
+    head = ["model"] * named + ["stage", "step", *metric_names, *CATEGORIES, "overall"]
     rows = []
     for m in models:
         c = m.checkpoint
         step = "" if c is None else ("final" if c.step is None else f"{c.step}{' (final)' if c.final else ''}")
         metrics = [f"{m.metrics[k]:.4g}" if k in m.metrics else "missing" for k in metric_names]
-        cells = [m.label, c.stage if c else "", step, *metrics, *(_cell(m.categories[n]) for n in CATEGORIES),
-                 _cell(m.overall)]
+        cells = [m.label] * named + [c.stage if c else "", step, *metrics,
+                                     *(_cell(m.categories[n]) for n in CATEGORIES), _cell(m.overall)]
         rows.append("<tr>" + "".join(f"<td{' class=missing' if x == 'missing' else ''}>{html.escape(x)}</td>"
                                      for x in cells) + "</tr>")
-    return ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>")
+    # a long metric name may break after its underscores rather than widen its column
+    return ("<table><thead><tr>" + "".join(f"<th>{html.escape(h).replace('_', '_<wbr>')}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
 def radar_figure(models: list[ModelScores]):

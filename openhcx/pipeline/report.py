@@ -28,10 +28,10 @@ HOUSEKEEPING = {"stage", "created", "code_version", "config", "inputs", "model",
 MAX_FIGURES = 12  # manifest figures shown per stage in the overview
 
 NOT_RUN = "<p class=notrun>not run</p>"
-CSS = """body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1em;font-size:90%}td,th{border:1px solid #ccc;padding:2px 6px;
-text-align:left;vertical-align:top}td.missing,.notrun{color:#888;font-style:italic}img{max-width:100%}
-h2{border-bottom:1px solid #ddd;margin-top:1.5em}"""
+CSS = """body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:85%}td,th{border:1px solid #ccc;padding:2px 5px;
+text-align:left;vertical-align:top}td:first-child{white-space:nowrap}td.missing,.notrun{color:#888;font-style:italic}
+img{max-width:100%}h2{border-bottom:1px solid #ddd;margin-top:1.5em}.wide{overflow-x:auto}"""
 
 
 def read_rows(path: Path, numbers: tuple[str, ...]) -> list[dict]:
@@ -128,12 +128,15 @@ def _png(fig) -> bytes:
 
 
 def loss_figure(stage: str, rows: list[dict], evals: list[dict]) -> bytes:
-    """Training loss against step; the in-loop held-out loss (and a reward model's pairwise accuracy) over it."""
+    """Training loss against step; the in-loop held-out loss (and a reward model's pairwise accuracy) over it;
+    for pretraining, the step where the context grows."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.2, label="training loss")
-    switch = next((r["step"] for r, prev in zip(rows[1:], rows) if r.get("seq_len") != prev.get("seq_len")), None)
-    if switch is not None:
+    # SFT and reward batches are padded to their longest example, so their seq_len changes every step
+    switch = stage == "base" and next(
+        (r["step"] for r, prev in zip(rows[1:], rows) if r.get("seq_len") != prev.get("seq_len")), None)
+    if switch:
         ax.axvline(switch, color="grey", ls="--", lw=1, label=f"context {rows[-1]['seq_len']}")
     held = [e for e in evals if isinstance(e.get("loss"), (int, float))]
     if held:
@@ -290,7 +293,7 @@ def build_report(run: str) -> Path:
     sections.append(("Tokenizer", tokenizer_table(root / "tokenizer-report" / "report.json")))
 
     models = evaluations(root)
-    sections.append(("Evaluated checkpoints", html_table(models) if models else NOT_RUN))
+    sections.append(("Evaluated checkpoints", f"<div class=wide>{html_table(models)}</div>" if models else NOT_RUN))
     drawn = radar_selection(models)
     if drawn:
         pngs["radar.png"] = radar_png(drawn)
@@ -301,6 +304,9 @@ def build_report(run: str) -> Path:
             note += " In the table only: " + ", ".join(others) + "."
         sections.append(("Category radar", f"<p>{html.escape(note)}</p>"
                                            "<img src='report/radar.png' alt='category radar chart'>"))
+    elif models:
+        sections.append(("Category radar", "<p class=notrun>no evaluated model has a category score (their suites "
+                                           "ran no benchmark tasks)</p>"))
     else:
         sections.append(("Category radar", NOT_RUN))
 
