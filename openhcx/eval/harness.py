@@ -195,8 +195,12 @@ def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int
 def evaluate_backend(backend: Backend, model: str, tasks: list[str], *, out: str | None = None,
                      shots: int | None = None, limit: int | None = None, mode: str = "loglik", seed: int = 1234,
                      data_root: str | None = None, data: dict[str, str] | None = None,
-                     tracking_uri: str | None = None, progress: bool = True, config: dict | None = None) -> EvalResults:
-    """`evaluate` with an already-built backend (`model` only labels the results)."""
+                     tracking_uri: str | None = None, progress: bool = True, config: dict | None = None,
+                     log_to_mlflow: bool = True) -> EvalResults:
+    """`evaluate` with an already-built backend (`model` only labels the results).
+
+    log_to_mlflow=False leaves tracking to the caller (a pipeline worker records its own evaluation run).
+    """
     if mode not in MODES:
         raise UserError(f"mode: {mode!r} is not one of {MODES}")
     selected = REGISTRY.expand(tasks)
@@ -222,7 +226,7 @@ def evaluate_backend(backend: Backend, model: str, tasks: list[str], *, out: str
         write_manifest(outdir, "eval", config, {"model": model, "data_root": str(data_root or "")},
                        overall=final.overall)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
+    if uri and log_to_mlflow:
         log_mlflow(final, uri, outdir)
     return final
 

@@ -160,7 +160,7 @@ def run_tasks(model: str, out: Path, suite: Suite, progress: bool, device: str) 
                            overall=overall(categories), config={"tasks": []})
     backend = open_backend(model, device=device, batch_tokens=suite.batch_tokens)
     return evaluate_backend(backend, model, suite.tasks, out=str(out), shots=suite.shots, limit=suite.limit,
-                            mode=suite.mode, data_root=suite.data_root, progress=progress,
+                            mode=suite.mode, data_root=suite.data_root, progress=progress, log_to_mlflow=False,
                             config=dict(device=device, batch_tokens=suite.batch_tokens))
 
 
