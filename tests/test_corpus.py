@@ -290,7 +290,7 @@ def test_memory_stays_flat_as_input_grows(tmp_path):
             [sys.executable, "-c", PEAK_RSS, str(path), str(tmp_path / f"out{docs}")],
             capture_output=True, text=True, check=True, cwd=ROOT,
         )
-        runs.append(tuple(map(float, result.stdout.split())))
+        runs.append(tuple(map(float, result.stdout.splitlines()[-1].split())))  # after the summary line
     (small, small_rss), (big, big_rss) = runs
     print(f"text {small:.1f} MiB -> peak RSS {small_rss:.1f} MiB; text {big:.1f} MiB -> peak RSS {big_rss:.1f} MiB")
     assert big - small > 13

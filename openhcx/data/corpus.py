@@ -381,6 +381,8 @@ def build_corpus(
             totals=asdict(totals),
             shards={split: shards.files(split) for split in SPLITS},
         )
+    print(f"corpus: {out} ({totals.kept:,} of {totals.read:,} documents kept: {totals.train:,} train, "
+          f"{totals.heldout:,} held out; {totals.chars:,} characters)")
     return json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))  # as written: lists, not tuples
 
 

@@ -355,7 +355,7 @@ def build_shards(
                 c.passes = c.documents / n_docs[split][label] if n_docs[split][label] else 0.0
         for label, c in splits["heldout_fim"].labels.items():
             c.passes = splits["heldout"].labels[label].passes
-        return write_manifest(
+        manifest = write_manifest(
             tmp,
             stage="shards",
             config={
@@ -374,6 +374,9 @@ def build_shards(
             infill={"file": "infill.jsonl", "documents": splits["heldout_fim"].documents},
             splits={split: asdict(counts) for split, counts in splits.items()},
         )
+    print(f"shards: {out} (train {splits['train'].tokens:,} tokens in {len(splits['train'].shards)} shard(s), "
+          f"FIM rate {splits['train'].fim_rate:.2f}; held out {splits['heldout'].tokens:,} tokens)")
+    return manifest
 
 
 def _recorded(items, f: IO[str]):

@@ -166,6 +166,9 @@ def tokenizer_report(
         write_json(Path(out) / "report.json", result)
         with atomic_file(Path(out) / "report.md", encoding="utf-8") as f:
             f.write(text)
+    print(f"tokenizer report: {Path(out) / 'report.md' if out else 'not written (no out)'} ({len(rows)} tokenizers on "
+          f"{sum(map(len, docs.values())):,} held-out documents; {rows[0].name}: "
+          f"{1000 * sum(rows[0].tokens.values()) / max(sum(chars.values()), 1):.1f} tokens per 1k characters)")
     return result
 
 

@@ -122,4 +122,6 @@ def train_tokenizer(
                       labels=labels, max_docs=max_docs, model_max_length=model_max_length)
         write_manifest(tmp, "tokenizer", config, {"corpus": str(corpus)}, morpheme_aware=morpheme_aware,
                        actual_vocab_size=tok.get_vocab_size(), special_tokens=SPECIAL_TOKENS, **stats)
+    print(f"tokenizer: {out} ({tok.get_vocab_size():,} tokens, {'morpheme-aware' if morpheme_aware else 'plain'} "
+          f"BPE, trained on {stats['documents']:,} documents, {stats['characters']:,} characters)")
     return Path(out)
