@@ -38,7 +38,7 @@ def ours(base: str, samples, max_tokens: int, warmup: int, steps: int) -> list[f
                          lambda idx: collate_samples([samples[i] for i in idx], pad))
     train = train_config({**OPTIM, "steps": warmup + steps}, warmup + steps, max_tokens, 1, config.max_seq_len)
     trainer = TokenBudgetTrainer(model, train, loader, sft_loss, World(0, 1, torch.device("cpu")),
-                                 flops_per_token=config.flops_per_token, peak_flops=1e12)
+                                 model_config=config, peak_flops=1e12)
     return [trainer.train_step().tokens_per_s for _ in range(warmup + steps)][warmup:]
 
 

@@ -13,7 +13,8 @@ import pytest
 from openhcx.io import UserError
 from openhcx.model.transformer import model_config
 from openhcx.train.pretrain import pretrain
-from openhcx.train.trainer import TrainConfig, lr_at, param_groups, phase_at
+from openhcx.train.trainer import (TrainConfig, lr_at, matmul_flops, measured_peak_flops, param_groups, phase_at,
+                                   training_flops)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 128, "max_seq_len": 128}
@@ -141,7 +142,7 @@ def test_pretrain_learns_and_records_metrics_curve_and_mlflow(data, tmp_path, mo
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(r["step"], r["loss"]) for r in rows]
     assert run.data.params["lr"] == "0.01" and run.data.params["model_config.dim"] == "64"
     assert run.data.tags["last_checkpoint"].endswith("step-00000024") and run.info.status == "FINISHED"
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["loss.png"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["loss.png", "manifest.json"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     assert tracking_uri(out) == "http://tracking.example:5000"
 
@@ -155,3 +156,32 @@ def test_compiled_blocks_train_to_the_same_losses(data, tmp_path):
     losses = [[json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
               for out in (plain, compiled)]
     assert len(losses[1]) == 4 and max(abs(a - b) for a, b in zip(*losses)) < 1e-4
+
+
+def test_training_flops_count_the_head_on_scored_tokens_and_causal_attention_by_hand():
+    # Layers: q, o 64x64 and k, v 64x32 (2 of 4 heads of 16), gate, up, down 64x128: 36,864 weights x 2 layers,
+    # 6 FLOPs each per token = 442,368. Attention: 12 x 2 layers x 64 = 1,536 per key, and a causal query of
+    # 32 meets (32 + 1) / 2 = 16.5 keys on average. Head: 6 x 400 x 64 = 153,600, on scored tokens only.
+    lm = model_config("tiny", **TINY, vocab_size=400)
+    assert training_flops(lm, 32, 96, 50) == (442_368 + 1_536 * 16.5) * 96 + 153_600 * 50 == 52_580_352
+    # A scalar head (6 x 64) runs on every token, whatever is scored.
+    scalar = model_config("tiny", **TINY, vocab_size=400, head="scalar")
+    assert training_flops(scalar, 32, 96, 3) == (442_368 + 384 + 1_536 * 16.5) * 96 == 44_937_216
+
+
+def test_peak_is_measured_with_the_threads_the_run_uses():
+    import torch
+
+    cpu = torch.device("cpu")
+    assert torch.get_num_threads() == 1  # the module's fixture: a deliberately small thread count
+    peak = measured_peak_flops(cpu)
+    one_thread = max(matmul_flops(n, torch.float32, cpu) for n in (256, 512))
+    # The best over sizes is at least about one size's best, and no multi-threaded figure (2 threads: about 2x).
+    assert 0.8 * one_thread <= peak <= 1.5 * one_thread
+
+
+def test_mfu_against_the_measured_peak_is_a_true_fraction(data, tmp_path):
+    out = tmp_path / "run"
+    pretrain(**args(data, out, steps=4, peak_flops=None))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(0 < r["mfu"] <= 1 for r in rows)

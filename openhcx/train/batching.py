@@ -14,14 +14,12 @@ inside a budget batch (one budget batch per rank is one optimisation step).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
 from typing import Callable, Generic, Sequence, TypeVar
 
 import torch
 from torch import Tensor
 
-from openhcx.train.distributed import all_reduce_sum
-from openhcx.train.trainer import StepMetrics, Trainer
+from openhcx.train.trainer import Phase, Shape, Trainer
 
 B = TypeVar("B")
 
@@ -77,15 +75,6 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, fill: int | None = Non
     return ids, mask
 
 
-@dataclass(frozen=True)
-class Shape:
-    """What one batch computed: real (unpadded) tokens and padded tokens of its widest row."""
-
-    real: int
-    padded: int
-    width: int
-
-
 class EpochLoader(Generic[B]):
     """Budget batches for the trainer: epoch e uses `plan(e)`; step s of an epoch is batch s*world+rank.
 
@@ -126,11 +115,5 @@ class TokenBudgetTrainer(Trainer):
     The base loop sizes a step from the fixed (batch_size, seq_len) phase, which a budget batch does not have.
     """
 
-    def train_step(self) -> StepMetrics:
-        metrics = super().train_step()
-        shape = self.loader.last_shape
-        counts = torch.tensor([shape.real, shape.padded * self.flops_per_token(shape.width)], dtype=torch.float64,
-                              device=self.world.device)
-        real, flops = all_reduce_sum(counts, self.world).tolist()
-        return replace(metrics, seq_len=shape.width, tokens_per_s=real / metrics.seconds,
-                       mfu=flops / metrics.seconds / (self.peak_flops * self.world.size))
+    def batch_shape(self, phase: Phase) -> Shape:
+        return self.loader.last_shape

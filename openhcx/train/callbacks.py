@@ -48,7 +48,10 @@ class MetricsLog(Callback):
 
 
 class ProgressBar(Callback):
-    """tqdm bar over optimizer steps with the latest loss, learning rate, throughput and MFU."""
+    """tqdm bar over optimizer steps with the latest loss, learning rate, throughput and MFU.
+
+    Only on a terminal: tqdm hides itself when stderr is not one (CI, a log file), so logs stay readable.
+    """
 
     def __init__(self):
         self.bar = None
@@ -57,7 +60,8 @@ class ProgressBar(Callback):
         if trainer.world.is_main:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=trainer.config.steps, initial=trainer.step, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=trainer.config.steps, initial=trainer.step, unit="step", dynamic_ncols=True,
+                            disable=None)
 
     def on_step_end(self, trainer: Trainer, metrics: StepMetrics) -> None:
         if self.bar is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -119,9 +120,10 @@ def pretrain(
         mlflow: Log to MLflow (MLFLOW_TRACKING_URI, else sqlite in `out`).
         experiment: MLflow experiment name.
         resume: Continue from the newest valid checkpoint in `out` (false: refuse an `out` with checkpoints).
-        progress: Show a progress bar.
+        progress: Show a progress bar (on a terminal only).
     """
     args = {k: v for k, v in locals().items()}
+    started = time.perf_counter()
     plan = plan_pretraining(args)
     from openhcx.data.shards import TokenLoader, check_compatible
 
@@ -129,9 +131,18 @@ def pretrain(
     world = init_world()
     try:
         loader = TokenLoader(shards, split="train", seed=seed, rank=world.rank, world_size=world.size)
-        return run_pretraining(plan, loader, world)
+        path = run_pretraining(plan, loader, world)
+        if world.is_main:
+            print(summary(path, plan.out / "manifest.json", time.perf_counter() - started))
+        return path
     finally:
         close_world(world)
+
+
+def summary(path: Path, manifest: Path, seconds: float) -> str:
+    """The line the command ends with: where the model is and the run's figures (from its manifest)."""
+    m = json.loads(manifest.read_text(encoding="utf-8"))
+    return f"pretrain: {path} ({m['steps']} steps, loss {m['final_loss']:.2f}, {m['tokens']:,} tokens, {seconds:.0f} s)"
 
 
 def plan_pretraining(args: dict, world_size: int | None = None) -> PretrainPlan:
@@ -201,18 +212,21 @@ def run_pretraining(plan: PretrainPlan, loader, world: World) -> Path:
     out, root = plan.out, plan.out / "checkpoints"
     model = build_model(plan, world)
     inputs = {"tokenizer": str(plan.tokenizer), "shards": str(plan.args.get("shards"))}
-    callbacks = [Checkpointer(root, plan.checkpoint_every, plan.keep_checkpoints, plan.model, plan.tokenizer,
-                              plan.args, inputs, "pretrain"),
-                 MetricsLog(out / "metrics.jsonl"), LossCurve(out / "metrics.jsonl", out / "loss.png", "pretraining loss")]
+    callbacks = [MetricsLog(out / "metrics.jsonl"),
+                 LossCurve(out / "metrics.jsonl", out / "loss.png", "pretraining loss")]
     if plan.progress:
         callbacks.append(ProgressBar())
     if plan.mlflow:
         from openhcx.pipeline.tracking import MLflowLogger
 
-        callbacks.append(MLflowLogger(out, plan.experiment, out.name, plan.args, artifacts=(out / "loss.png",)))
+        callbacks.append(MLflowLogger(out, plan.experiment, out.name, plan.args, artifacts=(out / "loss.png",),
+                                      stage="pretrain", inputs=inputs))
+    # Last: a step's rows are recorded before its checkpoint tells MLflow to write up to that step.
+    callbacks.append(Checkpointer(root, plan.checkpoint_every, plan.keep_checkpoints, plan.model, plan.tokenizer,
+                                  plan.args, inputs, "pretrain"))
     trainer = Trainer(model, plan.train, loader, partial(next_token_loss, doc_masking=plan.doc_masking), world,
-                      flops_per_token=plan.model.flops_per_token,
-                      peak_flops=plan.peak_flops or measured_peak_flops(world.device), callbacks=callbacks)
+                      model_config=plan.model, peak_flops=plan.peak_flops or measured_peak_flops(world.device),
+                      callbacks=callbacks)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         drop_temporaries(root)
@@ -236,4 +250,5 @@ def write_final(trainer: Trainer, plan: PretrainPlan, inputs: dict) -> Path:
         save_checkpoint(weights, plan.model, path, plan.tokenizer, overwrite=True, stage="pretrain",
                         inputs=inputs, **results)
         write_manifest(plan.out, "pretrain", plan.args, inputs, model=str(path), **results)
+    trainer.manifest_written(plan.out / "manifest.json")
     return path

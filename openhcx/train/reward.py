@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -267,14 +268,26 @@ def train_reward(
         mlflow: Log to MLflow (MLFLOW_TRACKING_URI, else sqlite in `out`).
         experiment: MLflow experiment name.
         resume: Continue from the newest valid checkpoint in `out` (false: refuse an `out` with checkpoints).
-        progress: Show a progress bar.
+        progress: Show a progress bar (on a terminal only).
     """
     args = {k: v for k, v in locals().items()}
+    started = time.perf_counter()
     world = init_world()
     try:
-        return run_reward(args, world)
+        path = run_reward(args, world)
+        if world.is_main:
+            print(summary(path, Path(out) / "manifest.json", time.perf_counter() - started))
+        return path
     finally:
         close_world(world)
+
+
+def summary(path: Path, manifest: Path, seconds: float) -> str:
+    """The line the command ends with: where the model is and the run's figures (from its manifest)."""
+    m = json.loads(manifest.read_text(encoding="utf-8"))
+    heldout = (f", held-out accuracy {m['heldout_accuracy_start']:.1%} -> {m['heldout_accuracy']:.1%} on "
+               f"{m['heldout_pairs']} pairs" if m["heldout_accuracy_start"] is not None else "")
+    return f"reward: {path} ({m['steps']} steps, loss {m['final_loss']:.3f}{heldout}, {seconds:.0f} s)"
 
 
 def run_reward(args: dict, world: World) -> Path:
@@ -344,4 +357,5 @@ def write_reward(trainer: Trainer, plan: RunPlan, data: PairData, tok: Tokenizer
         write_json(tmp / NORM_FILE, asdict(norm))
         write_manifest(tmp, "reward", asdict(plan.model), plan.inputs, **results)
     write_manifest(plan.out, "reward", plan.args, plan.inputs, model=str(path), **results)
+    trainer.manifest_written(plan.out / "manifest.json")
     return path

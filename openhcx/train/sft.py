@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -26,6 +27,7 @@ from openhcx.data.chat import Format, Sample, read_conversations, show, tokenize
 from openhcx.io import UserError, require_file, write_manifest
 from openhcx.model.hf import load_checkpoint, save_checkpoint
 from openhcx.model.transformer import ModelConfig
+from openhcx.pipeline.tracking import MLflowLogger
 from openhcx.tokenizer.tokenizer import PAD, Tokenizer
 from openhcx.train.batching import EpochLoader, Shape, TokenBudgetTrainer, pad_right, token_budget_batches
 from openhcx.train.callbacks import LossCurve, MetricsLog, ProgressBar, read_metrics
@@ -83,13 +85,15 @@ class HeldOutEval(Callback):
     """
 
     def __init__(self, evaluate: Callable[[nn.Module], dict[str, float]], every: int, path: Path,
-                 mlflow: Callback | None = None):
+                 mlflow: MLflowLogger | None = None):
         self.evaluate, self.every, self.path, self.mlflow = evaluate, every, Path(path), mlflow
 
     def on_train_start(self, trainer: Trainer) -> None:
         if trainer.world.is_main and self.path.is_file():  # a resumed run keeps rows up to its step
             kept = [r for r in read_metrics(self.path) if r["step"] < trainer.step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            for row in kept:  # MLflow skips the ones it has; a kill may have kept the others from it
+                self._log(row)
         self._run(trainer)
 
     def on_step_end(self, trainer: Trainer, metrics: StepMetrics) -> None:
@@ -102,12 +106,14 @@ class HeldOutEval(Callback):
         trainer.model.train()
         if not trainer.world.is_main:
             return
+        row = {"step": trainer.step, **values}
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": trainer.step, **values}) + "\n")
-        client = getattr(self.mlflow, "client", None)
-        if client is not None:
-            for key, value in values.items():
-                client.log_metric(self.mlflow.run_id, f"heldout_{key}", float(value), step=trainer.step)
+            f.write(json.dumps(row) + "\n")
+        self._log(row)
+
+    def _log(self, row: dict) -> None:
+        if self.mlflow is not None:
+            self.mlflow.log({f"heldout_{k}": v for k, v in row.items() if k != "step"}, row["step"])
 
 
 @dataclass(frozen=True)
@@ -166,21 +172,21 @@ def run_plan(plan: RunPlan, model: nn.Module, loader: EpochLoader, loss_fn: Call
         for block in model.model.layers:
             block.compile()
     model = wrap(model, plan.parallel, world)
-    callbacks: list[Callback] = [
-        Checkpointer(root, plan.checkpoint_every, plan.keep_checkpoints, plan.model, plan.inputs["tokenizer"],
-                     plan.args, plan.inputs, plan.stage),
-        MetricsLog(out / "metrics.jsonl"), LossCurve(out / "metrics.jsonl", out / "loss.png", f"{plan.stage} loss")]
+    callbacks: list[Callback] = [MetricsLog(out / "metrics.jsonl"),
+                                 LossCurve(out / "metrics.jsonl", out / "loss.png", f"{plan.stage} loss")]
     if plan.progress:
         callbacks.append(ProgressBar())
     tracker = None
     if plan.mlflow:
-        from openhcx.pipeline.tracking import MLflowLogger
-
-        tracker = MLflowLogger(out, plan.experiment, out.name, plan.args, artifacts=(out / "loss.png",))
+        tracker = MLflowLogger(out, plan.experiment, out.name, plan.args, artifacts=(out / "loss.png",),
+                               stage=plan.stage, inputs=plan.inputs)
         callbacks.append(tracker)
     if evaluate is not None:
         callbacks.append(HeldOutEval(evaluate, plan.eval_every, out / "eval.jsonl", tracker))
-    trainer = TokenBudgetTrainer(model, plan.train, loader, loss_fn, world, flops_per_token=plan.model.flops_per_token,
+    # Last: a step's rows are recorded before its checkpoint tells MLflow to write up to that step.
+    callbacks.append(Checkpointer(root, plan.checkpoint_every, plan.keep_checkpoints, plan.model,
+                                  plan.inputs["tokenizer"], plan.args, plan.inputs, plan.stage))
+    trainer = TokenBudgetTrainer(model, plan.train, loader, loss_fn, world, model_config=plan.model,
                                  peak_flops=plan.peak_flops or measured_peak_flops(world.device), callbacks=callbacks)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -292,15 +298,27 @@ def sft(
         mlflow: Log to MLflow (MLFLOW_TRACKING_URI, else sqlite in `out`).
         experiment: MLflow experiment name.
         resume: Continue from the newest valid checkpoint in `out` (false: refuse an `out` with checkpoints).
-        progress: Show a progress bar.
+        progress: Show a progress bar (on a terminal only).
         show: Print this many rendered training samples, trained tokens bracketed, before training.
     """
     args = {k: v for k, v in locals().items()}
+    started = time.perf_counter()
     world = init_world()
     try:
-        return run_sft(args, world)
+        path = run_sft(args, world)
+        if world.is_main:
+            print(summary(path, Path(out) / "manifest.json", time.perf_counter() - started))
+        return path
     finally:
         close_world(world)
+
+
+def summary(path: Path, manifest: Path, seconds: float) -> str:
+    """The line the command ends with: where the model is and the run's figures (from its manifest)."""
+    m = json.loads(manifest.read_text(encoding="utf-8"))
+    heldout = (f", held-out loss {m['heldout_loss_start']:.2f} -> {m['heldout_loss_end']:.2f}"
+               if m["heldout_loss_start"] is not None else "")
+    return f"sft: {path} ({m['steps']} steps, loss {m['final_loss']:.2f}{heldout}, {seconds:.0f} s)"
 
 
 def run_sft(args: dict, world: World) -> Path:
@@ -352,5 +370,6 @@ def write_sft(trainer: Trainer, plan: RunPlan, data: SFTData, tok: Tokenizer) ->
         save_checkpoint(weights, plan.model, path, plan.inputs["tokenizer"], overwrite=True, stage="sft",
                         inputs=plan.inputs, **results)
         write_manifest(plan.out, "sft", plan.args, plan.inputs, model=str(path), **results)
+    trainer.manifest_written(plan.out / "manifest.json")
     return path
 

@@ -3,7 +3,7 @@
 Every stage that trains (pretraining, SFT, reward model) runs this loop with its own loss function; the
 cross-cutting concerns (checkpoints, progress bar, metrics file, MLflow, loss curve) are callbacks, so the
 loop itself stays one page. Scale-out is `torchrun` plus `distributed.wrap`; the loop only all-reduces token
-counts and loss sums. Not here: data loading, checkpoint formats, logging backends.
+counts, loss sums and FLOPs. Not here: data loading, checkpoint formats, logging backends.
 
 Gradient accumulation weighs every scored token equally across micro-batches and ranks: each micro-batch
 contributes loss_sum / (tokens in the whole global batch), times the world size because DDP and FSDP
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from openhcx.io import UserError
+from openhcx.model.transformer import ModelConfig
 from openhcx.train.distributed import World, all_reduce_sum, gradient_sync, unwrap
 from openhcx.train.losses import IGNORE_INDEX
 
@@ -122,22 +123,69 @@ def adamw(params, device: torch.device, lr: float, betas: tuple[float, float] = 
 
 
 def measured_peak_flops(device: torch.device) -> float:
-    """Datasheet bf16 peak for known GPUs; otherwise the best throughput of a large matmul, measured here."""
+    """Peak FLOP/s of one device, the denominator of MFU: the datasheet bf16 figure for known GPUs, else measured.
+
+    Measured as the fastest square matmul (fp32 on CPU, where training computes in fp32; bf16 on other GPUs),
+    doubling the size while it gets faster (one thread peaks on cache-sized blocks, many threads only on large
+    ones) up to runs of 50 ms. Each size is warmed up, then repeated, keeping its best run. On CPU this uses
+    `torch.get_num_threads()` threads, the ones the run computes with, so call it after the thread count is set.
+    The best and not a typical run, because a peak taken low (another process on the cores for a moment, a size
+    too small for the threads) would let MFU pass 100%.
+    """
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, flops in PEAK_BF16_FLOPS.items():
             if key in name:
                 return flops
-    n, dtype = (4096, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    n, largest, dtype = (256, 8192, torch.float32) if device.type == "cpu" else (2048, 16384, torch.bfloat16)
+    best = 0.0
+    while n <= largest:
+        flops = matmul_flops(n, dtype, device)
+        if flops <= best:  # past the size where this device peaks
+            break
+        best = flops
+        if 2 * n**3 / flops > 0.05:  # runs of 50 ms hide call overheads; the next size's take 8x as long
+            break
+        n *= 2
+    return best
+
+
+def matmul_flops(n: int, dtype: torch.dtype, device: torch.device) -> float:
+    """Best FLOP/s of an (n x n) @ (n x n) product: one warm-up run, then about 2 GFLOP of timed runs (at least 5)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    out = torch.empty_like(a)
     best = math.inf
-    for _ in range(6):
+    for i in range(1 + max(5, 2**31 // n**3)):
         start = time.perf_counter()
-        a @ b
+        torch.mm(a, b, out=out)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
+        if i:  # run 0 is the warm-up: thread pool start, kernel choice, first touch of the memory
+            best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
+
+
+def training_flops(config: ModelConfig, seq_len: int, tokens: int, scored: float) -> float:
+    """Training FLOPs (forward + backward) of `tokens` tokens in rows of `seq_len`, `scored` of them scored.
+
+    `ModelConfig.flops_per_token` (PaLM's convention) less work this model does not do, so that MFU stays a
+    true fraction of the peak: the lm head on tokens whose target is IGNORE_INDEX (prompts, padding: the
+    fused loss skips them), and the attention of a query to the keys after it (causal: query t meets t keys,
+    (seq_len + 1) / 2 on average, where the convention counts seq_len).
+    """
+    attention = 12.0 * config.n_layers * config.n_heads * config.head_dim
+    head = 6.0 * config.vocab_size * config.dim if config.head == "lm" else 0.0
+    rest = config.flops_per_token(seq_len) - attention * seq_len - head
+    return (rest + attention * (seq_len + 1) / 2) * tokens + head * scored
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What one rank's batch computed: real (unpadded) tokens, padded tokens, and the width of its rows."""
+
+    real: int
+    padded: int
+    width: int
 
 
 @dataclass(frozen=True)
@@ -149,7 +197,7 @@ class StepMetrics:
     seq_len: int
     tokens: int  # scored tokens in the global batch
     tokens_per_s: float
-    mfu: float  # model FLOPs utilisation against `peak_flops` per device
+    mfu: float  # model FLOPs utilisation (`training_flops`) against `peak_flops` per device
     seconds: float
 
 
@@ -164,6 +212,8 @@ class Callback:
 
     def on_train_end(self, trainer: Trainer) -> None: ...
 
+    def on_manifest(self, trainer: Trainer, path) -> None: ...
+
 
 LossFn = Callable[[nn.Module, object], tuple[Tensor, Tensor]]  # (model, micro-batch) -> (loss sum, tokens)
 
@@ -173,14 +223,13 @@ class Trainer:
 
     `loader.next_batch(rows, seq_len)` returns this rank's `rows` of the step's global batch: a dataclass
     of (rows, T) tensors with a `targets` field (IGNORE_INDEX where no loss is taken); `state_dict` and
-    `load_state_dict` make its position part of a checkpoint.
+    `load_state_dict` make its position part of a checkpoint. `model_config` sizes the FLOPs behind MFU.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, loader, loss_fn: LossFn, world: World,
-                 flops_per_token: Callable[[int], float], peak_flops: float,
-                 callbacks: Sequence[Callback] = ()):
+                 model_config: ModelConfig, peak_flops: float, callbacks: Sequence[Callback] = ()):
         self.model, self.config, self.loader, self.loss_fn, self.world = model, config, loader, loss_fn, world
-        self.flops_per_token, self.peak_flops, self.callbacks = flops_per_token, peak_flops, list(callbacks)
+        self.model_config, self.peak_flops, self.callbacks = model_config, peak_flops, list(callbacks)
         self.optimizer = adamw(param_groups(model, config.weight_decay), world.device, config.lr,
                                (config.beta1, config.beta2))
         self.step = 0
@@ -198,13 +247,22 @@ class Trainer:
         """Called by whoever wrote a checkpoint, so other callbacks (tracking, eval triggers) can react."""
         self._emit("on_checkpoint", path)
 
+    def manifest_written(self, path) -> None:
+        """Called by the stage once its manifest is written (after training ended), e.g. to attach it to MLflow."""
+        self._emit("on_manifest", path)
+
+    def batch_shape(self, phase: Phase) -> Shape:
+        """This rank's share of the step: the phase's full rows (a loader of variable batches overrides it)."""
+        tokens = phase.batch_size // self.world.size * phase.seq_len
+        return Shape(real=tokens, padded=tokens, width=phase.seq_len)
+
     def train_step(self) -> StepMetrics:
         start = time.perf_counter()
         phase = phase_at(self.step, self.config)
         batch = self.loader.next_batch(phase.batch_size // self.world.size, phase.seq_len)
         micro = [to_device(m, self.world.device) for m in split_rows(batch, phase.micro_batch_size)]
-        count = sum((m.targets != IGNORE_INDEX).sum() for m in micro).to(torch.float64)
-        count = all_reduce_sum(count, self.world)
+        scored = sum((m.targets != IGNORE_INDEX).sum() for m in micro).to(torch.float64)
+        count = all_reduce_sum(scored.clone(), self.world)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.world.device)
         for i, m in enumerate(micro):
             with gradient_sync(self.model, sync=i == len(micro) - 1):
@@ -218,13 +276,15 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = all_reduce_sum(loss_sum, self.world) / count.clamp(min=1)
+        shape = self.batch_shape(phase)
+        flops = training_flops(self.model_config, shape.width, shape.padded, scored.item())
+        local = torch.tensor([shape.real, flops], dtype=torch.float64, device=loss_sum.device)
+        loss_sum, real, flops = all_reduce_sum(torch.cat([loss_sum.view(1), local]), self.world).tolist()
+        count = count.item()
         self.step += 1
         seconds = time.perf_counter() - start
-        tokens = phase.batch_size * phase.seq_len
-        flops = self.flops_per_token(phase.seq_len) * tokens
-        return StepMetrics(step=self.step, loss=loss.item(), lr=lr, grad_norm=grad_norm, seq_len=phase.seq_len,
-                           tokens=int(count.item()), tokens_per_s=tokens / seconds,
+        return StepMetrics(step=self.step, loss=loss_sum / max(count, 1), lr=lr, grad_norm=grad_norm,
+                           seq_len=shape.width, tokens=int(count), tokens_per_s=real / seconds,
                            mfu=flops / seconds / (self.peak_flops * self.world.size), seconds=seconds)
 
     def _clip(self) -> float:
