@@ -6,9 +6,11 @@ the samples were drawn with), the frozen reference (log-probabilities for the KL
 model, belongs to the learner, which trains it. The learner sees only `Rollout` batches from the producer
 and sends weights back through a queue, so the producer can run in the learner's thread (strictly on-policy,
 the default), beside it in a thread, or in another process or on another device behind the same interface.
-`lag` sets how many batches the producer may sample ahead of the newest weights: 0 is strictly on-policy, 1
-overlaps sampling with learning at the cost of one update of staleness (the PPO ratio is taken against the
-log-probabilities the samples were actually drawn with, so it stays correct).
+`lag` sets how many batches the producer samples ahead of the newest weights: batch k is drawn by the policy
+after exactly k - lag updates, with seed + k as its sampling seed, so every run with the same seed sees the
+same batches, and a resumed run regenerates the ones it lost. 0 is strictly on-policy, 1 overlaps sampling
+with learning at the cost of one update of staleness (the PPO ratio is taken against the log-probabilities the
+samples were actually drawn with, so it stays correct).
 
 Sequences are laid out right-padded: prompt, response, padding. Causal attention never looks ahead, so the
 padding needs no attention mask and every model runs its fastest kernel.
@@ -17,6 +19,7 @@ Not here: the PPO update (ppo.py), continuous batching across requests (rows of 
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from dataclasses import dataclass, fields, replace
@@ -164,8 +167,8 @@ class RolloutWorker:
 
 class RolloutProducer:
     """Feeds `Rollout`s from a worker over prompt batches; the learner calls `get()` for the next batch and
-    `publish(version, state)` after each update. Before sampling batch k the worker loads weights of version
-    >= k - lag.
+    `publish(version, state)` after each update. Before sampling batch k the worker loads the weights of
+    version k - lag, never newer ones (which version arrives first would otherwise depend on thread timing).
 
     With lag >= 1 the worker runs in a thread and puts `Rollout`s (or the error that stopped it) on `out`, so
     sampling overlaps learning. With lag 0 there is nothing to overlap: `get()` runs the worker in the
@@ -193,8 +196,16 @@ class RolloutProducer:
             raise item
         return item
 
-    def publish(self, version: int, state: dict[str, Tensor]) -> None:
-        self.weights.put((version, {k: v.detach().clone() for k, v in state.items()}))
+    def skip(self, batches: int) -> None:
+        """Continue at batch number `batches` (before `start`): a resumed run samples the batches, with the
+        seeds, that the run it continues would have sampled next."""
+        self.batches = itertools.islice(self.batches, batches, None)
+
+    def publish(self, version: int, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Queue a copy of the weights after update `version`; returns the copy (the worker only reads it)."""
+        snapshot = {k: v.detach().clone() for k, v in state.items()}
+        self.weights.put((version, snapshot))
+        return snapshot
 
     def close(self) -> None:
         self.stopping.set()
@@ -205,21 +216,18 @@ class RolloutProducer:
             except queue.Empty:
                 pass
 
-    def _newest_weights(self, need: int) -> bool:
-        """Load published weights until version >= need (blocking) and then any newer ones; False on close."""
-        while True:
-            block = self.worker.version < need
-            try:
-                item = self.weights.get(block=block)
-            except queue.Empty:
-                return True
+    def _load_weights(self, version: int) -> bool:
+        """Load published weights in order up to `version` (blocking until it arrives); False on close."""
+        while self.worker.version < version:
+            item = self.weights.get()
             if item is None:
                 return False
             self.worker.load_policy(*item)
+        return True
 
     def _next(self) -> Rollout | None:
         k, (index, prompts) = next(self.batches, (None, (None, None)))
-        if k is None or self.stopping.is_set() or not self._newest_weights(k - self.lag):
+        if k is None or self.stopping.is_set() or not self._load_weights(k - self.lag):
             return None
         return self.worker.rollout(prompts, index, seed=self.seed + k)
 
