@@ -13,8 +13,18 @@ stops, and the written policy is the best-scoring one (the SFT policy itself if 
 last one with `keep="last"`.
 
 PPO does not use the supervised loop in trainer.py (its step is sampling, then several epochs over two
-models), but it reports through the same callbacks: metrics.jsonl and MLflow.
-Not here: the math (losses.py), sampling and scoring (rollout.py), multi-process training, mid-run resume.
+models), but it reports through the same callbacks (metrics.jsonl, MLflow, an event per checkpoint) and writes
+checkpoints in the same format, with the same helpers (checkpoint.py): `<out>/checkpoints/step-XXXXXXXX/` is
+the policy as a HF model directory, and beside it, in trainer/, everything the next update depends on: the
+value model, both optimizers, the RNG states (the minibatch order's generator among them), how many prompt
+batches were used, the KL coefficient, the early-stopping state with the best policy, the evaluations, and
+the weights of the last `lag` updates, which the producer still samples with. Batch k is sampled with seed +
+k by the policy after exactly k - lag updates, so a killed run resumes and ends exactly as an uninterrupted one
+(bit for bit on CPU; on CUDA, where some kernels are not deterministic, only as closely as two uninterrupted
+runs agree). Early stopping reads the in-loop evaluation, never the pipeline's asynchronous evaluations of
+checkpoints: those arrive at times no seed fixes, so acting on them would make runs unrepeatable and resume
+inexact.
+Not here: the math (losses.py), sampling and scoring (rollout.py), multi-process training.
 """
 
 from __future__ import annotations
@@ -24,20 +34,27 @@ import json
 import math
 import random
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 from openhcx.align.scorer import PromptRecord, repetition_rate
 from openhcx.align.scorer import score as score_response
 from openhcx.data.chat import BadRecord, Message, check_turns, field_of, messages_of, read_jsonl, render_prompt
-from openhcx.io import UserError, atomic_file, require_file, write_manifest
+from openhcx.io import UserError, atomic_dir, atomic_file, require_file, write_json, write_manifest
 from openhcx.model.generate import Sampling, generate
-from openhcx.model.hf import load_checkpoint, save_checkpoint
-from openhcx.model.transformer import Transformer
+from openhcx.model.hf import load_checkpoint, read_weights, save_checkpoint, weights_for_saving, write_checkpoint
+from openhcx.model.transformer import ModelConfig, Transformer
+from openhcx.train.checkpoint import (
+    FULL, STATE_DIR, checkpoint_path, drop_temporaries, join_optimizer_state, latest_valid, prune, rng_state,
+    set_rng_state, sha256, split_optimizer_state,
+)
 from openhcx.train.losses import (
     KL_ESTIMATORS, gae, masked_mean, ppo_policy_loss, repeated_ngram_mask, rewards_with_kl_penalty,
     sequence_unlikelihood_loss, value_loss, whiten,
@@ -247,61 +264,88 @@ class EarlyStopping:
 
 @dataclass(frozen=True)
 class PPOResult:
-    steps: int  # updates run
+    steps: int  # updates run, resumed ones included
     stopped_early: bool
     best_step: int  # the update after which the written policy was taken
     evaluations: list[dict]
-    metrics: list[PPOStepMetrics]
+    metrics: list[PPOStepMetrics]  # the updates this call ran (metrics.jsonl holds them all)
     policy_state: dict[str, Tensor]
 
 
+@dataclass(frozen=True)
+class PPOCheckpoints:
+    """Where `PPORun` saves checkpoints, how often, and what their manifests record."""
+
+    root: Path
+    every: int  # updates between checkpoints; 0: only the last update's
+    keep: int  # the newest ones kept
+    model_config: ModelConfig  # the policy's
+    tokenizer_dir: str | Path | None  # copied into each checkpoint, so that it loads as a HF model
+    run_config: dict
+    inputs: dict
+
+    def due(self, step: int, last: bool) -> bool:
+        return last or (self.every > 0 and step % self.every == 0)
+
+
+def policy_weights(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """A policy state dict as read from safetensors, with the tied output matrix (stored once) put back."""
+    if config.head == "lm" and config.tie_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    return state
+
+
 class PPORun:
-    """The loop: one rollout batch from the producer, one learner update, weights back, callbacks."""
+    """The loop: one rollout batch from the producer, one learner update, weights back, callbacks, checkpoints."""
 
     def __init__(self, learner: PPOLearner, producer: RolloutProducer, heldout: HeldoutSet | None = None,
                  eval_every: int = 5, patience: int = 3, callbacks: Sequence = (), progress: bool = False,
-                 world=None, keep_best: bool = True):
+                 world=None, keep_best: bool = True, checkpoints: PPOCheckpoints | None = None):
         from openhcx.train.distributed import World
 
         self.learner, self.producer, self.heldout = learner, producer, heldout
         self.eval_every, self.stopping = eval_every, EarlyStopping(patience)
         self.callbacks, self.progress, self.keep_best = list(callbacks), progress, keep_best
         self.world = world or World(0, 1, learner.policy.model.norm.weight.device)
+        self.checkpoints = checkpoints
         self.step = 0
+        self.stopped = False
         self.evaluations: list[dict] = []
+        # (version, weights) of the last `lag` updates before this one: batches still to come are sampled with them
+        self.sampling_weights: deque[tuple[int, dict[str, Tensor]]] = deque(maxlen=producer.lag)
 
     def _evaluate(self) -> bool:
         values = self.heldout.evaluate(self.learner.policy)
         self.evaluations.append({"step": self.step, **values})
         for cb in self.callbacks:
-            client = getattr(cb, "client", None)
-            if client is not None:
-                for key, value in values.items():
-                    client.log_metric(cb.run_id, f"heldout_{key}", float(value), step=self.step)
+            if hasattr(cb, "log"):
+                cb.log({f"heldout_{key}": float(value) for key, value in values.items()}, self.step)
         return self.stopping.observe(self.step, values["constraints"], self.learner.policy)
 
     def fit(self) -> PPOResult:
+        """Run updates from `self.step` (0, or where `restore` left it) to the configured steps or an early stop."""
         from tqdm import tqdm
 
         for cb in self.callbacks:
             cb.on_train_start(self)
-        bar = tqdm(total=self.learner.config.steps, unit="step", dynamic_ncols=True, disable=not self.progress)
+        steps = self.learner.config.steps
+        bar = tqdm(total=steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=None if self.progress else True)
         metrics: list[PPOStepMetrics] = []
-        stopped = False
         self.producer.start()
         try:
-            stopped = self.heldout is not None and self._evaluate()
-            while not stopped and self.step < self.learner.config.steps:
+            if self.step == 0 and self.heldout is not None:
+                self.stopped = self._evaluate()
+            while not self.stopped and self.step < steps:
                 start = time.perf_counter()
                 rollout = self.producer.get()
                 if rollout is None:
                     break
                 stats = self.learner.update(rollout)
                 self.step += 1
-                self.producer.publish(self.step, self.learner.policy.state_dict())
-                if self.heldout is not None and (self.step % self.eval_every == 0
-                                                 or self.step == self.learner.config.steps):
-                    stopped = self._evaluate()
+                published = self.producer.publish(self.step, self.learner.policy.state_dict())
+                if self.heldout is not None and (self.step % self.eval_every == 0 or self.step == steps):
+                    self.stopped = self._evaluate()
                 seconds = time.perf_counter() - start
                 row = PPOStepMetrics(
                     step=self.step, reward_raw=float(rollout.scores_raw.mean()), reward=float(rollout.scores.mean()),
@@ -312,6 +356,12 @@ class PPORun:
                 metrics.append(row)
                 for cb in self.callbacks:
                     cb.on_step_end(self, row)
+                if self.checkpoints is not None and self.checkpoints.due(self.step, self.stopped or self.step == steps):
+                    path = self.save(checkpoint_path(self.checkpoints.root, self.step))
+                    prune(self.checkpoints.root, self.checkpoints.keep)
+                    for cb in self.callbacks:
+                        cb.on_checkpoint(self, path)
+                self.sampling_weights.append((self.step, published))
                 bar.set_postfix(reward=f"{row.reward:.3f}", kl=f"{row.kl:.3f}", len=f"{row.response_length:.1f}",
                                 rep=f"{row.repetition_rate:.2f}", refresh=False)
                 bar.update(1)
@@ -324,7 +374,69 @@ class PPORun:
             state, kept = self.stopping.best_state, self.stopping.best_step
         else:
             state, kept = {k: v.detach().clone() for k, v in self.learner.policy.state_dict().items()}, self.step
-        return PPOResult(self.step, stopped, kept, self.evaluations, metrics, state)
+        return PPOResult(self.step, self.stopped, kept, self.evaluations, metrics, state)
+
+    def _optimizers(self) -> tuple[tuple[str, nn.Module, torch.optim.Optimizer], ...]:
+        learner = self.learner
+        return ("policy", learner.policy, learner.policy_opt), ("value", learner.value, learner.value_opt)
+
+    def save(self, path: Path) -> Path:
+        """Write a checkpoint of the current step (complete, or not at all) as the module docstring lays out."""
+        config, stop, state_dir = self.checkpoints.model_config, self.stopping, Path(STATE_DIR)
+        with atomic_dir(path, overwrite=True) as tmp:
+            (tmp / state_dir).mkdir()
+            write_checkpoint(self.learner.policy, config, tmp, self.checkpoints.tokenizer_dir)
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.learner.value.state_dict().items()},
+                      str(tmp / state_dir / "value.safetensors"))
+            for name, model, optimizer in self._optimizers():
+                tensors, meta = split_optimizer_state(get_optimizer_state_dict(model, optimizer, options=FULL))
+                save_file(tensors, str(tmp / state_dir / f"{name}_optimizer.safetensors"))
+                write_json(tmp / state_dir / f"{name}_optimizer.json", meta)
+            if self.keep_best and stop.best_state is not None and stop.best_step < self.step:
+                save_file(weights_for_saving(stop.best_state, config), str(tmp / state_dir / "best_policy.safetensors"))
+            for version, weights in self.sampling_weights:
+                save_file(weights_for_saving(weights, config),
+                          str(tmp / state_dir / f"sampler-{version:08d}.safetensors"))
+            write_json(tmp / state_dir / "state.json", {
+                "step": self.step, "stopped": self.stopped, "prompt_batches_used": self.step,
+                "rng": rng_state(), "minibatch_order": self.learner.generator.get_state().tolist(),
+                "kl_coef": self.learner.kl_coef,
+                "early_stopping": {"best": stop.best if math.isfinite(stop.best) else None,
+                                   "best_step": stop.best_step, "worse": stop.worse},
+                "evaluations": self.evaluations, "sampling_versions": [v for v, _ in self.sampling_weights]})
+            files = {p.relative_to(tmp).as_posix(): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            write_manifest(tmp, "ppo-checkpoint", self.checkpoints.run_config, self.checkpoints.inputs, step=self.step,
+                           world_size=self.world.size, files=files)
+        return path
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint written by `save` (before `fit`; the producer must not have started)."""
+        config, stop, state_dir = self.checkpoints.model_config, self.stopping, Path(path) / STATE_DIR
+        state = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+        self.learner.policy.load_state_dict(policy_weights(read_weights(path), config))
+        self.learner.value.load_state_dict(load_file(str(state_dir / "value.safetensors")))
+        for name, model, optimizer in self._optimizers():
+            meta = json.loads((state_dir / f"{name}_optimizer.json").read_text(encoding="utf-8"))
+            tensors = load_file(str(state_dir / f"{name}_optimizer.safetensors"))
+            set_optimizer_state_dict(model, optimizer, join_optimizer_state(tensors, meta), options=FULL)
+        set_rng_state(state["rng"])
+        self.learner.generator.set_state(torch.tensor(state["minibatch_order"], dtype=torch.uint8))
+        self.learner.kl_coef = state["kl_coef"]
+        self.step, self.stopped, self.evaluations = state["step"], state["stopped"], state["evaluations"]
+        early = state["early_stopping"]
+        stop.best = -math.inf if early["best"] is None else early["best"]
+        stop.best_step, stop.worse = early["best_step"], early["worse"]
+        if (state_dir / "best_policy.safetensors").is_file():
+            stop.best_state = policy_weights(load_file(str(state_dir / "best_policy.safetensors")), config)
+        elif early["best"] is not None and stop.best_step == self.step:
+            stop.best_state = {k: v.detach().clone() for k, v in self.learner.policy.state_dict().items()}
+        elif early["best"] is not None and self.keep_best:
+            raise UserError(f"{path}: written with keep=last, so it holds no best policy; resume with keep=last")
+        self.producer.skip(state["prompt_batches_used"])
+        for version in state["sampling_versions"]:
+            weights = policy_weights(load_file(str(state_dir / f"sampler-{version:08d}.safetensors")), config)
+            self.sampling_weights.append((version, self.producer.publish(version, weights)))
+        self.sampling_weights.append((self.step, self.producer.publish(self.step, self.learner.policy.state_dict())))
 
 
 # ---- the command ------------------------------------------------------------------------------------------
@@ -372,6 +484,35 @@ def prompt_batches(prompts: Sequence[list[int]], batch_size: int, seed: int) -> 
             yield index, [prompts[j] for j in index]
 
 
+RESUME_MAY_CHANGE = frozenset({"out", "steps", "keep", "checkpoint_every", "keep_checkpoints", "resume", "overwrite",
+                               "mlflow", "experiment", "progress"})
+"""Arguments a resumed run may change; any other change would make it a different run."""
+
+
+def check_resumable(path: Path, args: dict) -> None:
+    """Refuse to continue a checkpoint written with settings that change training, naming the first one."""
+    saved = json.loads((path / "manifest.json").read_text(encoding="utf-8"))["config"]
+    for key, value in args.items():
+        if key not in RESUME_MAY_CHANGE and saved.get(key) != value:
+            raise UserError(f"{path}: written with {key}={saved.get(key)!r}, this run has {key}={value!r}; resume "
+                            f"with the same settings, or remove {path.parent} to start over")
+
+
+def summary_line(path: Path, result: PPOResult, rows: list[dict], resumed_at: int, seconds: float) -> str:
+    """`ppo: <model> (20 updates, reward 0.12 -> 0.34, KL 0.95, held-out 0.81 at step 15, 212 s)`."""
+    parts = [f"{result.steps} updates"]
+    if resumed_at:
+        parts.append(f"resumed at step {resumed_at}")
+    if rows:
+        parts += [f"reward {rows[0]['reward']:.3f} -> {rows[-1]['reward']:.3f}", f"KL {rows[-1]['kl']:.3f}"]
+    if result.evaluations:
+        best = max(result.evaluations, key=lambda e: (e["constraints"], e["step"]))
+        parts.append(f"held-out {best['constraints']:.3f} at step {best['step']}")
+    if result.stopped_early:
+        parts.append("stopped early")
+    return f"ppo: {path} ({', '.join(parts)}, {seconds:.0f} s)"
+
+
 def ppo(
     sft: str,
     reward: str,
@@ -404,6 +545,9 @@ def ppo(
     eval_prompts: int = 64,
     lag: int = 0,
     seed: int = 0,
+    checkpoint_every: int = 10,
+    keep_checkpoints: int = 2,
+    resume: bool = True,
     mlflow: bool = True,
     experiment: str = "openhcx-ppo",
     progress: bool = True,
@@ -415,7 +559,7 @@ def ppo(
         sft: SFT checkpoint: the policy's start and the frozen reference; its tokenizer is used and copied.
         reward: Reward-model checkpoint (scalar head): scores responses and initialises the value model.
         prompts: jsonl files of conversations (`messages`; a final assistant turn is dropped) to answer.
-        out: Run directory: model/, metrics.jsonl, heldout.jsonl, mlflow.db, manifest.json.
+        out: Run directory: checkpoints/, model/, metrics.jsonl, heldout.jsonl, mlflow.db, manifest.json.
         heldout: Held-out instruction set (prompt records) judged on length and format for early stopping.
         steps: Rollout batches, one PPO update each.
         batch_size: Prompts per rollout batch.
@@ -443,26 +587,37 @@ def ppo(
         patience: Stop after this many evaluations in a row below the best.
         keep: Which policy to write: the best-evaluated one, or the last (to compare runs at equal steps).
         eval_prompts: Held-out prompts used per evaluation (the file's first ones).
-        lag: Rollout batches the sampler may run ahead of the learner (0: strictly on-policy).
+        lag: Rollout batches the sampler runs ahead of the learner: batch k is sampled by the policy after
+            k - lag updates (0: strictly on-policy).
         seed: Seed for sampling, minibatch order and prompt order.
+        checkpoint_every: Updates between checkpoints (the last update is always saved; 0: only the last).
+        keep_checkpoints: How many recent checkpoints to keep.
+        resume: Continue from the newest valid checkpoint in `out` (false: refuse an `out` with checkpoints).
+            Only steps, keep, and the checkpoint, output and logging options may differ from the killed run.
         mlflow: Log to MLflow (MLFLOW_TRACKING_URI, else sqlite in `out`).
         experiment: MLflow experiment name.
         progress: Show a progress bar.
         overwrite: Replace an existing <out>/model.
     """
     args = {k: v for k, v in locals().items()}
+    started = time.perf_counter()
     config = PPOConfig(steps=steps, batch_size=batch_size, minibatch_size=minibatch_size, epochs=epochs, lr=lr,
                        value_lr=value_lr, kl_coef=kl_coef, kl_estimator=kl_estimator, kl_target=kl_target,
                        kl_gain=kl_gain, gamma=gamma, lam=lam, clip=clip, value_clip=value_clip, grad_clip=grad_clip,
                        unlikelihood_weight=unlikelihood_weight, unlikelihood_n=unlikelihood_n, seed=seed)
     config.validate()
     for key, low in (("eval_every", 1), ("patience", 1), ("eval_prompts", 1), ("max_new_tokens", 1),
-                     ("max_prompt_tokens", 1), ("lag", 0)):
+                     ("max_prompt_tokens", 1), ("lag", 0), ("checkpoint_every", 0), ("keep_checkpoints", 1)):
         if args[key] < low:
             raise UserError(f"{key}={args[key]}: must be at least {low}")
-    out_dir = Path(out)
+    out_dir, root = Path(out), Path(out) / "checkpoints"
     if (out_dir / "model").exists() and not overwrite:
         raise UserError(f"{out_dir / 'model'}: output already exists (pass overwrite=true to replace it)")
+    if not resume and root.is_dir() and any(root.iterdir()):
+        raise UserError(f"{out_dir}: holds checkpoints of an earlier run; pass resume=true or choose another out")
+    start = latest_valid(root) if resume else None
+    if start is not None:
+        check_resumable(start, args)
     from openhcx.tokenizer.tokenizer import ENDOFTURN, EOT, PAD, Tokenizer
     from openhcx.train.distributed import init_world
     from openhcx.train.reward import RewardModel
@@ -492,26 +647,36 @@ def ppo(
     producer = RolloutProducer(worker, prompt_batches(train_prompts, batch_size, seed), lag=lag, seed=seed)
     held = HeldoutSet(records, [render_prompt(r.messages, tok) for r in records], tok.decode, stops, pad,
                       max_new_tokens)
-    from openhcx.train.callbacks import MetricsLog
+    from openhcx.train.callbacks import MetricsLog, read_metrics
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    (out_dir / "mlflow_run.json").unlink(missing_ok=True)  # a new run each time: PPO does not resume
+    drop_temporaries(root)
+    if start is None:  # a new run: no rows or MLflow run of an earlier one carry over
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (out_dir / "mlflow_run.json").unlink(missing_ok=True)
     callbacks: list = [MetricsLog(out_dir / "metrics.jsonl")]
+    run_config = {**args, "config": asdict(config)}
     if mlflow:
         from openhcx.pipeline.tracking import MLflowLogger
 
-        callbacks.append(MLflowLogger(out_dir, experiment, out_dir.name, {**args, "config": asdict(config)}))
-    result = PPORun(PPOLearner(policy, value, config), producer, held, eval_every, patience, callbacks,
-                    progress, world, keep_best=keep == "best").fit()
+        callbacks.append(MLflowLogger(out_dir, experiment, out_dir.name, run_config))
+    inputs = {"sft": str(sft), "reward": str(reward), "prompts": [str(p) for p in prompts], "heldout": str(heldout)}
+    run = PPORun(PPOLearner(policy, value, config), producer, held, eval_every, patience, callbacks, progress, world,
+                 keep_best=keep == "best", checkpoints=PPOCheckpoints(root, checkpoint_every, keep_checkpoints,
+                                                                      model_config, sft, run_config, inputs))
+    if start is not None:
+        run.restore(start)
+    resumed_at = run.step
+    result = run.fit()
     with atomic_file(out_dir / "heldout.jsonl", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in result.evaluations)
-    inputs = {"sft": str(sft), "reward": str(reward), "prompts": [str(p) for p in prompts], "heldout": str(heldout)}
     summary = {"steps": result.steps, "stopped_early": result.stopped_early, "best_step": result.best_step,
                "skipped_long_prompts": len(rendered) - len(train_prompts),
                "heldout_first": result.evaluations[0] if result.evaluations else None,
                "heldout_best": next((e for e in result.evaluations if e["step"] == result.best_step), None)}
     path = save_checkpoint(result.policy_state, model_config, out_dir / "model", tokenizer_dir=sft,
                            overwrite=overwrite, stage="ppo", inputs=inputs, **summary)
-    write_manifest(out_dir, "ppo", {**args, "config": asdict(config)}, inputs, model=str(path), **summary)
+    write_manifest(out_dir, "ppo", run_config, inputs, model=str(path), **summary)
+    print(summary_line(path, result, read_metrics(out_dir / "metrics.jsonl"), resumed_at,
+                       time.perf_counter() - started))
     return path
