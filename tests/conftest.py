@@ -90,3 +90,22 @@ def tiny_lm(demo_tokenizer, tmp_path_factory) -> Path:
                          max_seq_len=256, eos_token_id=0, pad_token_id=tok.id(PAD))
     path = tmp_path_factory.mktemp("tiny-lm") / "model"
     return save_checkpoint(Transformer(config), config, path, demo_tokenizer, inputs={"tokenizer": str(demo_tokenizer)})
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the whole session (tests/postgres.py); fails, not skips, when none can start."""
+    from postgres import start_postgres
+
+    try:
+        server = start_postgres()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """The URL of a fresh, empty PostgreSQL database for one test."""
+    return postgres_server.new_database()
