@@ -19,7 +19,8 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from openhcx.data.chat import Message, render, render_prompt
 from openhcx.io import UserError
-from openhcx.model.hf import import_hf, load_checkpoint, resolve_source
+from openhcx.model.hf import grow_embeddings, import_hf, load_checkpoint, resolve_source
+from openhcx.model.transformer import ModelConfig
 from openhcx.tokenizer.tokenizer import ASSISTANT, CHAT_TOKENS, ENDOFTURN, EOT, PAD, USER, Tokenizer
 from openhcx.train.sft import sft
 
@@ -128,6 +129,18 @@ def test_sft_runs_from_the_import(chat, tmp_path):
     # A pretrained model: well under the uniform ln(vocab) even with <|endofturn|> still at the mean row.
     assert math.isfinite(manifest["final_loss"]) and manifest["final_loss"] < math.log(OLD_VOCAB + 4)
     assert Tokenizer.load(path).morpheme_aware is False and Tokenizer.load(path).id(USER) == OLD_VOCAB + 1
+
+
+def test_untied_head_and_padded_vocabulary_grow_by_the_mean_of_real_rows():
+    # 5 real tokens in 6 rows (padded), two new ids after the padding row: both matrices grow to 8 rows.
+    config = ModelConfig(vocab_size=6, dim=2, n_layers=1, n_heads=1, n_kv_heads=1, ffn_dim=4)
+    embed = torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 9.0], [100.0, 100.0]])
+    state = {"model.embed_tokens.weight": embed, "lm_head.weight": -embed, "model.norm.weight": torch.ones(2)}
+    grown, config = grow_embeddings(state, config, [6, 7], known=5)
+    assert config.vocab_size == 8 and torch.equal(grown["model.norm.weight"], torch.ones(2))
+    for name, sign in (("model.embed_tokens.weight", 1), ("lm_head.weight", -1)):
+        assert torch.equal(grown[name][:6], sign * embed)
+        assert torch.equal(grown[name][6:], sign * torch.tensor([[4.0, 5.0], [4.0, 5.0]]))
 
 
 def test_package_sources_name_what_is_missing(plain):

@@ -288,23 +288,29 @@ def chat_tokenizer_config(tok: HFTokenizer, source: dict, max_length: int) -> di
     }
 
 
-def add_chat_tokens(tokenizer_dir: Path, out: Path, max_length: int) -> dict[str, int]:
-    """Write out/tokenizer.json and tokenizer_config.json with our chat tokens; their ids.
+def add_chat_tokens(tokenizer_dir: Path, out: Path, max_length: int) -> tuple[dict[str, int], int]:
+    """Write out/tokenizer.json and tokenizer_config.json with our chat tokens: their ids, and the old vocab size.
 
     Every existing token keeps its id. A chat token the vocabulary already spells (SmolLM2's `<|endoftext|>`)
     keeps its id and becomes special; the others are appended as special added tokens after the vocabulary.
     """
-    file = require_file(tokenizer_dir / "tokenizer.json", "tokenizer.json (chat_tokens needs a fast tokenizer)")
+    file = require_file(tokenizer_dir / "tokenizer.json", "fast tokenizer file (chat_tokens needs one)")
     try:
         tok = HFTokenizer.from_file(str(file))
     except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
         raise UserError(f"{file}: not a valid tokenizer.json ({e})") from e
     config_file = tokenizer_dir / "tokenizer_config.json"
-    source = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    try:
+        source = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"{config_file}: line {e.lineno}: invalid JSON ({e.msg})") from e
+    if not isinstance(source, dict):
+        raise UserError(f"{config_file}: expected a JSON object, found {type(source).__name__}")
+    known = tok.get_vocab_size()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CHAT_TOKENS])
     tok.save(str(out / "tokenizer.json"))
     write_json(out / "tokenizer_config.json", chat_tokenizer_config(tok, source, max_length))
-    return {t: tok.token_to_id(t) for t in CHAT_TOKENS}
+    return {t: tok.token_to_id(t) for t in CHAT_TOKENS}, known
 
 
 def grow_embeddings(state: dict[str, Tensor], config: ModelConfig, new_ids: list[int],
@@ -363,8 +369,7 @@ def import_hf(src: str, out: str, overwrite: bool = False, chat_tokens: bool = F
         if chat_tokens:
             chat_dir = Path(tmp) / "chat"
             chat_dir.mkdir()
-            ids = add_chat_tokens(tok_dir, chat_dir, config.max_seq_len)
-            known = HFTokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size()
+            ids, known = add_chat_tokens(tok_dir, chat_dir, config.max_seq_len)
             new_ids = sorted(i for i in ids.values() if i >= known)
             state, config = grow_embeddings(state, config, new_ids, known)
             config = config.replace(bos_token_id=None, eos_token_id=ids[EOT], pad_token_id=ids[PAD])
