@@ -155,13 +155,15 @@ def mlflow_runs(run: Path) -> list[dict]:
         runs = [dict(r) for r in conn.execute("select run_uuid, name, status, lifecycle_stage from runs")]
         for r in runs:
             r["tags"] = dict(conn.execute("select key, value from tags where run_uuid = ?", (r["run_uuid"],)))
-            r["points"] = [tuple(p) for p in conn.execute("select key, step, value from metrics where run_uuid = ?",
-                                                           (r["run_uuid"],))]
+            r["points"] = [tuple(p) for p in conn.execute(
+                "select key, step, value, timestamp from metrics where run_uuid = ?", (r["run_uuid"],))]
     return [r for r in runs if r["lifecycle_stage"] == "active"]
 
 
-@pytest.mark.slow
-def test_killed_runner_resumes_without_redoing_or_repeating_work(tiny_lm, tmp_path):
+@pytest.fixture(scope="module")
+def crashed_run(tiny_lm, tmp_path_factory) -> dict:
+    """A run SIGKILLed during a training stage, then during an evaluation, then rerun to the end."""
+    tmp_path = tmp_path_factory.mktemp("pipeline")
     run = tmp_path / "run"
     path = write_recipe(tmp_path, recipe(tiny_lm))
     # 1. killed during a training stage: the reward model, after one of its checkpoints, SFT already complete
@@ -180,6 +182,13 @@ def test_killed_runner_resumes_without_redoing_or_repeating_work(tiny_lm, tmp_pa
     # 3. the same command again runs to the end
     proc = start_run(path, run)
     assert proc.wait(timeout=900) == 0, (run.parent / "run.log").read_text()[-3000:]
+    return {"run": run, "sft_marker": sft_marker, "reward_steps_before": reward_steps_before}
+
+
+@pytest.mark.slow
+def test_killed_runner_resumes_without_redoing_or_repeating_work(crashed_run):
+    run, sft_marker, reward_steps_before = crashed_run["run"], crashed_run["sft_marker"], \
+        crashed_run["reward_steps_before"]
 
     # completed stages were not redone: SFT's marker is the one written before the first kill
     assert json.loads((run / "pipeline/stages/sft.json").read_text()) == sft_marker
@@ -203,7 +212,7 @@ def test_killed_runner_resumes_without_redoing_or_repeating_work(tiny_lm, tmp_pa
         {r["tags"]["openhcx.event"] for r in eval_runs})
     assert len(eval_runs) == len(evals) and all(r["status"] == "FINISHED" for r in eval_runs)
     for r in runs:  # no metric point logged twice (same key and step) in any run
-        keys = [(k, s) for k, s, _ in r["points"]]
+        keys = [(k, s) for k, s, _, _ in r["points"]]
         assert len(keys) == len(set(keys)), r["name"]
     # one parent, a child per stage and per evaluation
     parent = [r for r in runs if r["tags"].get("openhcx.kind") == "recipe"]
@@ -211,3 +220,15 @@ def test_killed_runner_resumes_without_redoing_or_repeating_work(tiny_lm, tmp_pa
     children = [r for r in runs if r["tags"].get("mlflow.parentRunId") == parent[0]["run_uuid"]]
     assert {r["tags"].get("openhcx.stage") for r in children} >= {"sft", "reward", "ppo"}
     assert (run / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_training_steps_complete_while_an_earlier_checkpoint_is_evaluated(crashed_run):
+    run = crashed_run["run"]
+    # when each training step ended (MLflow stamps a step's metrics as the step finishes)
+    step_ends = [ts / 1000 for r in mlflow_runs(run) if r["tags"].get("openhcx.stage") in ("sft", "reward", "ppo")
+                 and r["tags"].get("openhcx.kind") != "evaluation" for k, _, _, ts in r["points"]
+                 if k in ("loss", "reward")]
+    evals = [json.loads(r["result"]) for r in queue_rows(run) if r["kind"] == "eval" and r["status"] == "done"]
+    overlapping = [e for e in evals if any(e["started"] < t < e["finished"] for t in step_ends)]
+    assert overlapping, "no training step completed while any evaluation was running"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from openhcx.io import UserError, atomic_dir, require_file
 from openhcx.pipeline.suites import Suite
+from openhcx.train.trainer import Callback
 
 SUITE_STAGES = ("base", "sft", "reward", "ppo")
 STEP_DIR = "step-{:08d}"
@@ -158,7 +159,7 @@ def evaluations_pending(queue, plan) -> bool:
     return any(e.key.startswith(prefix) and e.status in ("queued", "running") for e in queue.events(kind="eval"))
 
 
-class CheckpointEvents:
+class CheckpointEvents(Callback):
     """Training callback: each saved checkpoint is snapshotted and queued for evaluation at once (rank 0).
 
     Active only inside a stage the runner started (it sets OPENHCX_RUN and OPENHCX_STAGE); the runner's
@@ -172,15 +173,9 @@ class CheckpointEvents:
         self.plan = make_plan(Path(run) / "recipe.yaml", run)
         self.stage, self.queue = stage, EventQueue(queue_url)
 
-    def on_train_start(self, trainer) -> None: ...
-
-    def on_step_end(self, trainer, metrics) -> None: ...
-
     def on_checkpoint(self, trainer, path) -> None:
         if trainer.world.is_main:
             queue_checkpoint_evaluations(self.queue, self.plan, self.stage)
-
-    def on_train_end(self, trainer) -> None: ...
 
 
 def checkpoint_callbacks() -> list:
@@ -238,11 +233,13 @@ def worker(queue: str, nice: int = 10, lease_s: float = 120.0, once: bool = Fals
         stop = threading.Event()
         beat = threading.Thread(target=_heartbeat, args=(q.url, event.id, me, lease_s, stop), daemon=True)
         beat.start()
+        started = time.time()
         try:
-            result = evaluate_event(event.payload)
-        except Exception as e:  # recorded on the event (retried up to its attempts), the worker goes on
+            result = evaluate_event(event.payload) | {"started": started, "finished": time.time()}
+        except Exception as e:  # recorded on the event, the worker goes on
             message = f"{type(e).__name__}: {e}" if isinstance(e, UserError) else traceback.format_exc(limit=3)
-            status = q.fail(event.id, me, message.strip()[-2000:])
+            # bad input fails the same way every time: no retry; anything else may be transient
+            status = q.fail(event.id, me, message.strip()[-2000:], retry=not isinstance(e, UserError))
             print(f"worker {me}: {event.key} {status}: {message.strip().splitlines()[-1]}", flush=True)
         else:
             q.done(event.id, me, result)

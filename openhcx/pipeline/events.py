@@ -172,13 +172,14 @@ class EventQueue:
             return self._update_owned(conn, event_id, worker, status="done", lease_until=None, error=None,
                                       result=None if result is None else json.dumps(result))
 
-    def fail(self, event_id: int, worker: str, error: str) -> str:
-        """Record the error; back to "queued" while attempts remain, else "failed". Returns the status after
-        the call: when `worker` no longer holds the event nothing changes and its current status is returned."""
+    def fail(self, event_id: int, worker: str, error: str, retry: bool = True) -> str:
+        """Record the error; back to "queued" while attempts remain (and `retry`), else "failed". Returns the
+        status after the call: when `worker` no longer holds the event nothing changes and its current status
+        is returned."""
         c = _events.c
-        retry = sa.case((c.attempts < c.max_attempts, "queued"), else_="failed")
+        status = sa.case((c.attempts < c.max_attempts, "queued"), else_="failed") if retry else "failed"
         with self.engine.begin() as conn:
-            self._update_owned(conn, event_id, worker, status=retry, worker=None, lease_until=None, error=error)
+            self._update_owned(conn, event_id, worker, status=status, worker=None, lease_until=None, error=error)
             return conn.execute(sa.select(c.status).where(c.id == event_id)).scalar_one()
 
     def release_dead(self, host: str, alive: Callable[[int], bool]) -> int:

@@ -54,6 +54,48 @@ def parent_run(plan) -> str:
     return run_id
 
 
+def _numbers(tree: dict, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a manifest's results, flattened (`per_label.ko.kept`)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def log_stage(plan, parent: str, stage, args: dict) -> None:
+    """A child run for a stage that does not track itself (corpus, tokenizer, shards, import): its arguments,
+    the figures of its manifest, the manifest itself. Made once: a finished run with its tags is kept."""
+    from mlflow.entities import Metric, Param
+
+    from openhcx.pipeline.runner import PATH_ARGS, artifact
+    from openhcx.pipeline.tracking import flat_params, lineage_tags, tracking_uri
+
+    client = _client(tracking_uri(plan.run))
+    exp = experiment_id(client, plan.settings["experiment"], plan.run)
+    found = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
+                                                    f"tags.`openhcx.stage` = '{stage.name}'")
+    if any(r.info.status == "FINISHED" for r in found):
+        return
+    for r in found:
+        client.delete_run(r.info.run_id)
+    manifest_file = artifact(plan.run, stage) / "manifest.json"
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
+    inputs = {k: v for k, v in args.items() if k in stage.inputs or k in PATH_ARGS and not str(v).startswith("package:")}
+    if args.get("sources"):
+        inputs["sources"] = [s["path"] for s in args["sources"]]
+    tags = lineage_tags(stage.name, Path(args["out"]), inputs) | {"mlflow.parentRunId": parent}
+    run_id = client.create_run(exp, run_name=stage.name, tags=tags).info.run_id
+    results = {k: v for k, v in manifest.items() if k not in ("config", "inputs", "stage", "created", "code_version")}
+    client.log_batch(run_id, metrics=[Metric(k[:250], v, 0, 0) for k, v in _numbers(results).items()],
+                     params=[Param(k[:250], v) for k, v in flat_params(args).items()])
+    if manifest_file.is_file():
+        client.log_artifact(run_id, str(manifest_file))
+    client.set_terminated(run_id)
+
+
 def finish_parent_run(plan, run_id: str, failed: bool) -> None:
     """Recipe and report as artifacts, final models registered (on success), the run closed."""
     from openhcx.pipeline.tracking import tracking_uri

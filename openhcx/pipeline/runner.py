@@ -240,10 +240,14 @@ class Runner:
         from openhcx.pipeline.evaluation import queue_checkpoint_evaluations
 
         self.queue.release_dead(socket.gethostname(), _alive)
-        for stage, _ in self.plan.stages:
+        from openhcx.pipeline.mlflow_tree import log_stage
+
+        for stage, args in self.plan.stages:
             key = self._key("stage", stage.name)
             event = self.queue.get(key)
             if is_complete(self.plan, stage.name):
+                if not stage.trains:  # training stages are child runs by themselves
+                    log_stage(self.plan, self.parent_run, stage, args)
                 self.queue.put(self.done_kind, self._key("stage-done", stage.name), {"stage": stage.name})
             elif event is not None and event.status in ("done", "failed"):
                 self.queue.requeue(key)  # done without its artifact, or failed in an earlier invocation
@@ -287,6 +291,10 @@ class Runner:
             return
         write_json(marker(self.run, name), {"stage": name, "args": args, "seconds": round(time.time() - start, 1),
                                             "finished": time.time()})
+        if not stage.trains:  # training stages are child runs by themselves
+            from openhcx.pipeline.mlflow_tree import log_stage
+
+            log_stage(self.plan, self.parent_run, stage, args)
         self.queue.put(self.done_kind, self._key("stage-done", name), {"stage": name})
         self.queue.done(event.id, self.me, {"seconds": round(time.time() - start, 1)})
 

@@ -654,13 +654,15 @@ def ppo(
     if start is None:  # a new run: no rows or MLflow run of an earlier one carry over
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
         (out_dir / "mlflow_run.json").unlink(missing_ok=True)
-    callbacks: list = [MetricsLog(out_dir / "metrics.jsonl")]
+    from openhcx.pipeline.evaluation import checkpoint_callbacks
+
+    inputs = {"sft": str(sft), "reward": str(reward), "prompts": [str(p) for p in prompts], "heldout": str(heldout)}
+    callbacks: list = [MetricsLog(out_dir / "metrics.jsonl"), *checkpoint_callbacks()]
     run_config = {**args, "config": asdict(config)}
     if mlflow:
         from openhcx.pipeline.tracking import MLflowLogger
 
-        callbacks.append(MLflowLogger(out_dir, experiment, out_dir.name, run_config))
-    inputs = {"sft": str(sft), "reward": str(reward), "prompts": [str(p) for p in prompts], "heldout": str(heldout)}
+        callbacks.append(MLflowLogger(out_dir, experiment, out_dir.name, run_config, stage="ppo", inputs=inputs))
     run = PPORun(PPOLearner(policy, value, config), producer, held, eval_every, patience, callbacks, progress, world,
                  keep_best=keep == "best", checkpoints=PPOCheckpoints(root, checkpoint_every, keep_checkpoints,
                                                                       model_config, sft, run_config, inputs))
@@ -677,6 +679,8 @@ def ppo(
     path = save_checkpoint(result.policy_state, model_config, out_dir / "model", tokenizer_dir=sft,
                            overwrite=overwrite, stage="ppo", inputs=inputs, **summary)
     write_manifest(out_dir, "ppo", run_config, inputs, model=str(path), **summary)
+    for cb in callbacks:  # e.g. MLflow attaches the manifest
+        cb.on_manifest(run, out_dir / "manifest.json")
     print(summary_line(path, result, read_metrics(out_dir / "metrics.jsonl"), resumed_at,
                        time.perf_counter() - started))
     return path

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from openhcx.io import UserError, require_file, write_manifest
 from openhcx.model.hf import save_checkpoint
 from openhcx.model.transformer import ModelConfig, Transformer, model_config
+from openhcx.pipeline.evaluation import checkpoint_callbacks
 from openhcx.train.callbacks import LossCurve, MetricsLog, ProgressBar, read_metrics
 from openhcx.train.checkpoint import FULL, Checkpointer, drop_temporaries, latest_valid, restore
 from openhcx.train.distributed import PARALLEL, World, broadcast_object, close_world, init_world, wrap
@@ -224,6 +225,7 @@ def run_pretraining(plan: PretrainPlan, loader, world: World) -> Path:
     # Last: a step's rows are recorded before its checkpoint tells MLflow to write up to that step.
     callbacks.append(Checkpointer(root, plan.checkpoint_every, plan.keep_checkpoints, plan.model, plan.tokenizer,
                                   plan.args, inputs, "pretrain"))
+    callbacks += checkpoint_callbacks()  # inside `openhcx run`: each checkpoint queued for evaluation
     trainer = Trainer(model, plan.train, loader, partial(next_token_loss, doc_masking=plan.doc_masking), world,
                       model_config=plan.model, peak_flops=plan.peak_flops or measured_peak_flops(world.device),
                       callbacks=callbacks)

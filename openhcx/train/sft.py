@@ -30,6 +30,7 @@ from openhcx.model.transformer import ModelConfig
 from openhcx.pipeline.tracking import MLflowLogger
 from openhcx.tokenizer.tokenizer import PAD, Tokenizer
 from openhcx.train.batching import EpochLoader, Shape, TokenBudgetTrainer, pad_right, token_budget_batches
+from openhcx.pipeline.evaluation import checkpoint_callbacks
 from openhcx.train.callbacks import LossCurve, MetricsLog, ProgressBar, read_metrics
 from openhcx.train.checkpoint import FULL, Checkpointer, drop_temporaries, latest_valid, restore
 from openhcx.train.distributed import PARALLEL, World, broadcast_object, close_world, init_world, wrap
@@ -186,6 +187,7 @@ def run_plan(plan: RunPlan, model: nn.Module, loader: EpochLoader, loss_fn: Call
     # Last: a step's rows are recorded before its checkpoint tells MLflow to write up to that step.
     callbacks.append(Checkpointer(root, plan.checkpoint_every, plan.keep_checkpoints, plan.model,
                                   plan.inputs["tokenizer"], plan.args, plan.inputs, plan.stage))
+    callbacks += checkpoint_callbacks()  # inside `openhcx run`: each checkpoint queued for evaluation
     trainer = TokenBudgetTrainer(model, plan.train, loader, loss_fn, world, model_config=plan.model,
                                  peak_flops=plan.peak_flops or measured_peak_flops(world.device), callbacks=callbacks)
     if world.is_main:
