@@ -94,7 +94,7 @@ def measure(
     for name, (vocab, encode) in encoders.items():
         row = Row(name, vocab)
         for label, texts in docs.items():
-            row.tokens[label] = sum(len(encode(t)) for t in tqdm(texts, desc=f"{name}/{label}", leave=False))
+            row.tokens[label] = sum(len(encode(t)) for t in tqdm(texts, desc=f"{name}/{label}", leave=False, disable=None))
         rows.append(row)
     return rows
 

@@ -7,6 +7,8 @@ The byte alphabet is always complete, so every string stays encodable. Not a BPE
 
 from __future__ import annotations
 
+import sys
+
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
@@ -97,7 +99,7 @@ def train_tokenizer(
     stats = {"documents": 0, "characters": 0}
 
     def counted(it: Iterator[str]) -> Iterator[str]:
-        for t in tqdm(it, desc="tokenizer: reading", unit="doc"):
+        for t in tqdm(it, desc="tokenizer: reading", unit="doc", disable=None):
             stats["documents"] += 1
             stats["characters"] += len(t)
             yield t
@@ -109,7 +111,7 @@ def train_tokenizer(
         min_frequency=min_frequency,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=BYTE_ALPHABET,
-        show_progress=True,
+        show_progress=sys.stderr.isatty(),  # its bars print to stdout even when that is a log file
     )
     with atomic_dir(out, overwrite) as tmp:
         tok.train_from_iterator(sequences, trainer=trainer)
