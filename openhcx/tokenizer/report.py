@@ -18,7 +18,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from openhcx.io import atomic_file, write_json
+from openhcx.io import atomic_file, write_json, write_manifest
 from openhcx.tokenizer.morphemes import HANGUL, WORD, morpheme_cuts, split_at
 from openhcx.tokenizer.tokenizer import Tokenizer
 
@@ -166,6 +166,12 @@ def tokenizer_report(
         write_json(Path(out) / "report.json", result)
         with atomic_file(Path(out) / "report.md", encoding="utf-8") as f:
             f.write(text)
+        # last, like every artifact's: a report directory with its manifest is complete
+        write_manifest(out, "tokenizer-report", {"refs_dir": refs_dir, "labels": labels, "max_docs": max_docs},
+                       {"tokenizer": tokenizer, "corpus": corpus, "baseline": baseline},
+                       documents=result["documents"], tokenizers=len(rows),
+                       tokens_per_1k_chars={r.name: round(1000 * sum(r.tokens.values()) / max(sum(chars.values()), 1),
+                                                          1) for r in rows})
     print(f"tokenizer report: {Path(out) / 'report.md' if out else 'not written (no out)'} ({len(rows)} tokenizers on "
           f"{sum(map(len, docs.values())):,} held-out documents; {rows[0].name}: "
           f"{1000 * sum(rows[0].tokens.values()) / max(sum(chars.values()), 1):.1f} tokens per 1k characters)")
