@@ -232,3 +232,18 @@ def test_training_steps_complete_while_an_earlier_checkpoint_is_evaluated(crashe
     evals = [json.loads(r["result"]) for r in queue_rows(run) if r["kind"] == "eval" and r["status"] == "done"]
     overlapping = [e for e in evals if any(e["started"] < t < e["finished"] for t in step_ends)]
     assert overlapping, "no training step completed while any evaluation was running"
+
+
+def test_a_stage_that_finds_bad_data_stops_the_run_naming_it(tiny_lm, tmp_path):
+    bad = tmp_path / "chat.jsonl"
+    good = (DEMO / "sft.jsonl").read_text(encoding="utf-8").splitlines()[:20]
+    bad.write_text("\n".join(good[:7] + ['{"messages": [{"role": "user", "content": 3'] + good[7:]) + "\n",
+                   encoding="utf-8")
+    run = tmp_path / "run"
+    r = openhcx("run", "--recipe", str(write_recipe(tmp_path, recipe(tiny_lm, **{"sft.data": [str(bad)]}))),
+                "--out", str(run))
+    assert r.returncode == 1
+    assert f"{bad}:8" in r.stderr and "stage sft" in r.stderr
+    stage = next(row for row in queue_rows(run) if row["key"].endswith(":sft") and row["kind"].startswith("stage@"))
+    assert stage["status"] == "failed" and stage["attempts"] == 1  # bad input is not retried
+    assert not (run / "sft" / "model").exists() and not (run / "pipeline/stages/sft.json").exists()

@@ -284,7 +284,8 @@ class Runner:
             _wait(proc, min(5.0, self.lease / 3))
         if proc.returncode != 0:
             error = _last_error(self.run, name) or f"exited with code {proc.returncode}"
-            status = self.queue.fail(event.id, self.me, error)
+            # exit 2 is a UserError (bad data found by the stage): the same every time, so no retry
+            status = self.queue.fail(event.id, self.me, error, retry=proc.returncode != 2)
             print(f"== {name} failed: {error}" + (" (retrying)" if status == "queued" else ""), flush=True)
             if status == "failed":
                 self.failed = f"stage {name}: {error}"
