@@ -83,7 +83,8 @@ def log_stage(plan, parent: str, stage, args: dict) -> None:
         client.delete_run(r.info.run_id)
     manifest_file = artifact(plan.run, stage) / "manifest.json"
     manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
-    inputs = {k: v for k, v in args.items() if k in stage.inputs or k in PATH_ARGS and not str(v).startswith("package:")}
+    inputs = {k: v for k, v in args.items()
+              if k in stage.inputs or (k in PATH_ARGS and not str(v).startswith("package:"))}
     if args.get("sources"):
         inputs["sources"] = [s["path"] for s in args["sources"]]
     tags = lineage_tags(stage.name, Path(args["out"]), inputs) | {"mlflow.parentRunId": parent}

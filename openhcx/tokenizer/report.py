@@ -94,7 +94,8 @@ def measure(
     for name, (vocab, encode) in encoders.items():
         row = Row(name, vocab)
         for label, texts in docs.items():
-            row.tokens[label] = sum(len(encode(t)) for t in tqdm(texts, desc=f"{name}/{label}", leave=False, disable=None))
+            bar = tqdm(texts, desc=f"{name}/{label}", leave=False, disable=None)
+            row.tokens[label] = sum(len(encode(t)) for t in bar)
         rows.append(row)
     return rows
 
