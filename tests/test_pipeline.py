@@ -247,3 +247,10 @@ def test_a_stage_that_finds_bad_data_stops_the_run_naming_it(tiny_lm, tmp_path):
     stage = next(row for row in queue_rows(run) if row["key"].endswith(":sft") and row["kind"].startswith("stage@"))
     assert stage["status"] == "failed" and stage["attempts"] == 1  # bad input is not retried
     assert not (run / "sft" / "model").exists() and not (run / "pipeline/stages/sft.json").exists()
+
+
+def test_manifest_figures_become_valid_mlflow_metric_names():
+    from openhcx.pipeline.mlflow_tree import _numbers
+
+    figures = _numbers({"chat_tokens": {"<|user|>": 49153}, "steps": 3, "stopped_early": False, "name": "x"})
+    assert figures == {"chat_tokens.__user__": 49153.0, "steps": 3.0}

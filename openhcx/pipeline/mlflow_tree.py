@@ -61,7 +61,7 @@ def _numbers(tree: dict, prefix: str = "") -> dict[str, float]:
         if isinstance(value, dict):
             out |= _numbers(value, f"{prefix}{key}.")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = float(value)
+            out[re.sub(r"[^\w\-. :/]", "_", f"{prefix}{key}")] = float(value)  # MLflow's allowed characters
     return out
 
 
