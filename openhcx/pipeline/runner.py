@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from openhcx.io import UserError, atomic_file, require_file, write_json
+from openhcx.pipeline.mlflow_tree import finish_parent_run, log_stage, parent_run
 from openhcx.recipe import load_recipe, stage_args
 
 
@@ -237,11 +238,7 @@ class Runner:
         """Make the queue agree with the run directory (called on every start, and again while running)."""
         import socket
 
-        from openhcx.pipeline.evaluation import queue_checkpoint_evaluations
-
         self.queue.release_dead(socket.gethostname(), _alive)
-        from openhcx.pipeline.mlflow_tree import log_stage
-
         for stage, args in self.plan.stages:
             key = self._key("stage", stage.name)
             event = self.queue.get(key)
@@ -254,9 +251,7 @@ class Runner:
             elif all(is_complete(self.plan, n) for n in self.plan.needs[stage.name]):
                 self.queue.put(self.stage_kind, key, {"stage": stage.name},
                                max_attempts=self.plan.settings["stage_attempts"])
-        for stage, _ in self.plan.stages:
-            if stage.trains:
-                queue_checkpoint_evaluations(self.queue, self.plan, stage.name)
+        self.reconcile_checkpoints()
 
     def on_stage_done(self, name: str) -> None:
         """A stage finished: queue each stage whose inputs are now all complete."""
@@ -292,9 +287,7 @@ class Runner:
             return
         write_json(marker(self.run, name), {"stage": name, "args": args, "seconds": round(time.time() - start, 1),
                                             "finished": time.time()})
-        if not stage.trains:  # training stages are child runs by themselves
-            from openhcx.pipeline.mlflow_tree import log_stage
-
+        if not stage.trains:
             log_stage(self.plan, self.parent_run, stage, args)
         self.queue.put(self.done_kind, self._key("stage-done", name), {"stage": name})
         self.queue.done(event.id, self.me, {"seconds": round(time.time() - start, 1)})
@@ -368,7 +361,6 @@ class Runner:
 
     def start(self) -> Path | None:
         """Run to the end: the report's path, or None when a stage failed (its error is printed)."""
-        from openhcx.pipeline.mlflow_tree import finish_parent_run, parent_run
         from openhcx.pipeline.report import build_report
 
         self.parent_run = parent_run(self.plan)
