@@ -1,6 +1,8 @@
-"""The task registry: every benchmark as data (loader + prompt + choices + metrics + shots).
+"""The task registry: every benchmark as data (loader + prompt + choices or decoding + metrics + shots).
 
-A task is a `Task` record; each benchmark family lives in its own module and registers its tasks here,
+A task is a `Task` record: multiple-choice tasks list choices per item and are scored by log-likelihood;
+generation tasks (`output="generate"`) decode a completion per item under their `Generation` settings and a
+`score` function turns completions into per-item metrics. Each benchmark family lives in its own module and registers its tasks here,
 so a benchmark's quirks (label encodings, prompt suffixes, file layout) sit in one readable file.
 Group names (`kobest`, `mmlu`, ...) expand to their member tasks. Files are read from a benchmark root
 (`data_root`, env `OPENHCX_BENCHMARKS`, or `shared/benchmarks` beside the checkout) plus the family's
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from openhcx.io import UserError
 
@@ -44,10 +46,38 @@ class Item:
 
     def answer_text(self) -> str:
         """The correct answer as it appears after the prompt in a few-shot example."""
-        if self.contexts:
+        if self.contexts or not self.choices:  # partial scoring, or a generation item's reference answer
             return self.target
         gold = self.gold[0] if isinstance(self.gold, tuple) else self.gold
         return self.choices[gold]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How a generation task decodes. temperature 0 is greedy; `samples` completions per prompt (pass@k,
+    maj@k); `chat` sends the prompt as a user turn through the model's chat template; a prompt with several
+    user turns (`Item.meta["turns"]`) is answered turn by turn."""
+
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    temperature: float = 0.0
+    top_p: float = 1.0
+    samples: int = 1
+    chat: bool = False
+
+
+class ScoreContext(Protocol):
+    """What a scorer may use besides the completions: worker processes and, for judged tasks, a judge."""
+
+    workers: int
+    progress: bool
+
+    def judge(self, prompts: list[list[dict]]) -> list[str | None]: ...  # chats -> replies (None: failed)
+
+
+Scorer = Callable[[list[Item], list[list[str]], ScoreContext], list[dict]]
+"""(items, completions per item, context) -> one record per item: the task's metrics as floats, plus any
+fields worth keeping in the per-item samples file (extracted answers, failure reasons)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +97,9 @@ class Task:
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
     answer_prompt: str = "Answer:"  # letter mode: the line after the lettered options
-    output: str = "multiple_choice"
+    output: str = "multiple_choice"  # or "generate"
+    generation: Generation | None = None  # generation tasks: decoding settings
+    score: Scorer | None = None  # generation tasks: completions -> per-item metrics (averaged over items)
 
 
 @dataclass
