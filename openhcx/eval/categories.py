@@ -1,9 +1,11 @@
-"""The report's seven category scores (RECIPE §6, Table 3) from per-task scores.
+"""The report's category scores (RECIPE §6, Table 3) from per-task scores.
 
 A benchmark's score is the item-weighted mean of its tasks' primary metric (MMLU's 57 subjects are
 one benchmark), in percent; a category is the mean of its benchmarks that were run; Harmlessness is
-TruthfulQA mc2 x (1 - BOLD toxicity). Anything not run is listed as missing, never counted as zero;
-a category with nothing run has no score, and the overall score is the mean of the categories present.
+TruthfulQA mc2 x (1 - BOLD toxicity) and needs both. Anything not run is listed as missing, never counted
+as zero; a category with nothing run has no score. The overall score is the mean of the report's seven
+categories that are present (Table 3); Chat and Multilingual are drawn and tabled but, as in the report,
+not part of it.
 Not here: drawing (report.py).
 """
 
@@ -22,7 +24,10 @@ CATEGORIES: dict[str, dict[str, tuple[str, ...]]] = {
     "Math": {"GSM8K": ("gsm8k",), "MATH": ("math",)},
     "Code": {"HumanEval": ("humaneval",), "K-HumanEval": ("k_humaneval",), "MBPP": ("mbpp",)},
     "Harmlessness": {"TruthfulQA mc2": ("truthfulqa_mc2",), "BOLD toxicity": ("bold_toxicity",)},
+    "Chat": {"MT-Bench": ("mt_bench",), "KoMT-Bench": ("ko_mt_bench",), "IFEval": ("ifeval",)},
+    "Multilingual": {"FLORES": ("flores",), "XNLI": ("xnli", "kornli")},
 }
+OVERALL = ("Korean", "English", "Commonsense", "Factuality", "Math", "Code", "Harmlessness")
 
 
 @dataclass
@@ -53,9 +58,8 @@ def category_scores(scores: dict[str, float | None], sizes: dict[str, int] | Non
         run = {b: 100 * s for b, s in got.items() if s is not None}
         missing = [b for b, s in got.items() if s is None]
         if cat == "Harmlessness":
-            mc2 = got["TruthfulQA mc2"]
-            tox = got["BOLD toxicity"] or 0.0  # absent toxicity is reported missing, the score is then mc2 alone
-            value = None if mc2 is None else 100 * mc2 * (1 - tox)
+            mc2, tox = got["TruthfulQA mc2"], got["BOLD toxicity"]
+            value = None if mc2 is None or tox is None else 100 * mc2 * (1 - tox)
         else:
             value = sum(run.values()) / len(run) if run else None
         out.append(CategoryScore(cat, value, run, missing))
@@ -63,5 +67,5 @@ def category_scores(scores: dict[str, float | None], sizes: dict[str, int] | Non
 
 
 def overall(categories: list[CategoryScore]) -> float | None:
-    present = [c.score for c in categories if c.score is not None]
+    present = [c.score for c in categories if c.score is not None and c.name in OVERALL]
     return sum(present) / len(present) if present else None

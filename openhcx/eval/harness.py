@@ -1,5 +1,7 @@
 """`openhcx eval`: prompts, few-shot sampling, scoring, caching and result files for registered tasks.
 
+Multiple-choice tasks are scored by log-likelihood in one of two modes; generation tasks decode completions
+(greedy or sampled, `n` per prompt, chats answered turn by turn) and hand them to the task's scorer.
 Two scoring modes. `loglik` is lm-evaluation-harness's: the same prompt string, few-shot examples
 drawn the same way (canonical first-n, or `random.Random(seed).sample` per item in order), every choice
 scored by its log-likelihood, acc and length-normalised acc_norm. `letters` is the report's: options
@@ -22,6 +24,7 @@ from openhcx.eval import metrics as M
 from openhcx.eval.backends import Backend, Request, open_backend
 from openhcx.eval.cache import Cache, request_key
 from openhcx.eval.categories import CategoryScore, category_scores, overall
+from openhcx.eval.generation import GenRequest, Generator, Result, open_generator, request_seed
 from openhcx.eval.tasks import REGISTRY, Item, Task, task_dir
 from openhcx.eval.tasks.mmlu import lettered
 from openhcx.io import UserError, atomic_file, write_json, write_manifest
@@ -167,37 +170,144 @@ def run_task(backend: Backend, task: Task, *, shots: int | None = None, limit: i
     return TaskResult(task.name, len(items), k, mode, task.primary, agg), records
 
 
+def generate_cached(generator: Generator, requests: list[GenRequest], cache: Cache, *, desc: str = "generate",
+                    progress: bool = False) -> list[Result]:
+    """Completions for every request, decoding only those not in the cache; failures are returned, not cached
+    (a rerun retries them). A sampled request's seed comes from its cache key, so reruns draw the same samples."""
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    keys = [request_key(generator.fingerprint, "generate", r.prompt, r.settings(), r.n) for r in requests]
+    requests = [replace(r, seed=request_seed(k)) for r, k in zip(requests, keys)]
+    out: list[Result | None] = [cache.get(k) for k in keys]
+    todo = [i for i, got in enumerate(out) if got is None]
+    bar = tqdm(total=len(todo), desc=desc, disable=not progress, unit="prompt")
+    pending: dict[str, object] = {}
+    for j, result in generator.generate([requests[i] for i in todo]):
+        out[todo[j]] = result
+        if isinstance(result, list):
+            pending[keys[todo[j]]] = result
+        bar.update(1)
+        if len(pending) >= 8:
+            cache.put_many(pending)
+            pending = {}
+    cache.put_many(pending)
+    bar.close()
+    return out
+
+
+@dataclass
+class Scoring:
+    """The `ScoreContext` scorers receive: worker processes, progress, and the judge when one is configured."""
+
+    workers: int
+    progress: bool
+    cache: Cache
+    judge_generator: Generator | None = None
+    judge_max_new_tokens: int = 1024
+
+    def judge(self, prompts: list[list[dict]]) -> list[str | None]:
+        if self.judge_generator is None:
+            raise UserError("this task is graded by a judge: give judge=<model directory or http(s) endpoint>")
+        reqs = [GenRequest(tuple((m["role"], m["content"]) for m in p), self.judge_max_new_tokens) for p in prompts]
+        got = generate_cached(self.judge_generator, reqs, self.cache, desc="judge", progress=self.progress)
+        return [r[0] if isinstance(r, list) else None for r in got]
+
+
+def run_generation_task(generator: Generator, task: Task, scoring: Scoring, *, shots: int | None = None,
+                        limit: int | None = None, seed: int = 1234, data_root=None, data=None,
+                        progress: bool = False) -> tuple[TaskResult, list[dict]]:
+    """Decode every item's prompt (each turn in order for multi-turn chats) and score the completions."""
+    items, reqs, k = prepare(task, shots=shots, limit=limit, seed=seed, data_root=data_root, data=data)
+    gen = task.generation
+    settings = dict(max_new_tokens=gen.max_new_tokens, stop=gen.stop, temperature=gen.temperature,
+                    top_p=gen.top_p, n=gen.samples)
+    turns = [item.get("turns") or (rs[0].context,) for item, rs in zip(items, reqs)]
+    chat = gen.chat or any(item.get("turns") for item in items)
+    answers: list[list[str]] = [[] for _ in items]
+    errors: list[str | None] = [None] * len(items)
+    for t in range(max(len(x) for x in turns)):
+        live = [i for i, x in enumerate(turns) if t < len(x) and errors[i] is None]
+        prompts = []
+        for i in live:
+            if not chat:
+                prompts.append(turns[i][0])
+                continue
+            history = [m for u, a in zip(turns[i][:t], answers[i]) for m in (("user", u), ("assistant", a))]
+            prompts.append((*history, ("user", turns[i][t])))
+        results = generate_cached(generator, [GenRequest(p, **settings) for p in prompts], scoring.cache,
+                                  desc=f"{task.name}" + (f" turn {t + 1}" if t else ""), progress=progress)
+        for i, res in zip(live, results):
+            if isinstance(res, str):
+                errors[i] = res
+            elif len(turns[i]) > 1:
+                answers[i].append(res[0])
+            else:
+                answers[i] = list(res)
+    completions = [a if e is None else [""] * (len(turns[i]) if len(turns[i]) > 1 else gen.samples)
+                   for i, (a, e) in enumerate(zip(answers, errors))]
+    records = task.score(items, completions, scoring)
+    for index, (rec, comps, err) in enumerate(zip(records, completions, errors)):
+        rec.update(index=index, completions=comps, **({"error": err} if err else {}))
+    metrics = task.aggregate(records) if task.aggregate else mean_metrics(task.metrics, records)
+    failed = sum(e is not None for e in errors)
+    if failed:
+        metrics["failed_items"] = float(failed)
+    return TaskResult(task.name, len(items), k, "generate", task.primary, metrics), records
+
+
+def mean_metrics(names: tuple[str, ...], records: list[dict]) -> dict[str, float]:
+    """Each metric's mean over the items that have it (a judge that gave no grade leaves its item out)."""
+    out = {}
+    for name in names:
+        values = [r[name] for r in records if r.get(name) is not None]
+        if values:
+            out[name] = sum(values) / len(values)
+    return out
+
+
 def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int | None = None,
              limit: int | None = None, mode: str = "loglik", seed: int = 1234, batch_tokens: int = 4096,
              dtype: str = "auto", device: str = "cpu", data_root: str | None = None,
-             data: dict[str, str] | None = None, tracking_uri: str | None = None,
-             progress: bool = True) -> EvalResults:
+             data: dict[str, str] | None = None, judge: str | None = None, workers: int | None = None,
+             tracking_uri: str | None = None, progress: bool = True) -> EvalResults:
     """Evaluate `model` (HF directory, .gguf file, or http(s) endpoint) on `tasks` (names or groups).
 
     shots: override every task's RECIPE §6 default. limit: first N items per task. mode: "loglik"
-    (lm-eval style) or "letters" (the report's). out: directory for results.json, per-item
-    samples/<task>.jsonl, the resumable cache.jsonl and manifest.json; rerunning the same command
+    (lm-eval style) or "letters" (the report's), for multiple-choice tasks. out: directory for results.json,
+    per-item samples/<task>.jsonl, the resumable cache.jsonl and manifest.json; rerunning the same command
     after a crash resumes from the cache. data_root/data: where benchmark files live (see tasks/).
+    judge: the model that grades judged tasks (MT-Bench): a checkpoint directory or an http(s) endpoint.
+    workers: processes for scoring work such as running generated code (default: all cores).
     tracking_uri (or env MLFLOW_TRACKING_URI): also log parameters, scores and files to MLflow.
     """
     if mode not in MODES:
         raise UserError(f"mode: {mode!r} is not one of {MODES}")
-    REGISTRY.expand(tasks)  # unknown names fail before the model loads
-    backend = open_backend(model, dtype=dtype, device=device, batch_tokens=batch_tokens)
+    selected = REGISTRY.expand(tasks)  # unknown names fail before the model loads
+    backend = generator = None
+    if any(t.output != "generate" for t in selected):
+        backend = open_backend(model, dtype=dtype, device=device, batch_tokens=batch_tokens)
+    if any(t.output == "generate" for t in selected):
+        generator = open_generator(model, device, None if dtype == "auto" else dtype)
     results = evaluate_backend(backend, model, tasks, out=out, shots=shots, limit=limit, mode=mode, seed=seed,
                                data_root=data_root, data=data, tracking_uri=tracking_uri, progress=progress,
-                               config=dict(dtype=dtype, device=device, batch_tokens=batch_tokens))
+                               config=dict(dtype=dtype, device=device, batch_tokens=batch_tokens, judge=judge),
+                               generator=generator, judge=open_generator(judge, device) if judge else None,
+                               workers=workers)
     if progress:
         print(results.summary())
     return results
 
 
-def evaluate_backend(backend: Backend, model: str, tasks: list[str], *, out: str | None = None,
+def evaluate_backend(backend: Backend | None, model: str, tasks: list[str], *, out: str | None = None,
                      shots: int | None = None, limit: int | None = None, mode: str = "loglik", seed: int = 1234,
                      data_root: str | None = None, data: dict[str, str] | None = None,
                      tracking_uri: str | None = None, progress: bool = True, config: dict | None = None,
-                     log_to_mlflow: bool = True) -> EvalResults:
-    """`evaluate` with an already-built backend (`model` only labels the results).
+                     log_to_mlflow: bool = True, generator: Generator | None = None,
+                     judge: Generator | None = None, workers: int | None = None) -> EvalResults:
+    """`evaluate` with already-built backends (`model` only labels the results): `backend` scores
+    multiple-choice tasks, `generator` decodes generation tasks, `judge` grades judged ones.
 
     log_to_mlflow=False leaves tracking to the caller (a pipeline worker records its own evaluation run).
     """
@@ -207,10 +317,19 @@ def evaluate_backend(backend: Backend, model: str, tasks: list[str], *, out: str
     start = time.time()
     outdir = Path(out) if out else None
     cache = Cache(outdir / "cache.jsonl" if outdir else None)
+    scoring = Scoring(workers or os.cpu_count() or 1, progress, cache, judge)
     results: dict[str, TaskResult] = {}
     for task in selected:
-        res, records = run_task(backend, task, shots=shots, limit=limit, mode=mode, seed=seed,
-                                data_root=data_root, data=data, cache=cache, progress=progress)
+        if task.output == "generate":
+            if generator is None:
+                raise UserError(f"{task.name}: a generation task needs a generator (a checkpoint or endpoint)")
+            res, records = run_generation_task(generator, task, scoring, shots=shots, limit=limit, seed=seed,
+                                               data_root=data_root, data=data, progress=progress)
+        else:
+            if backend is None:
+                raise UserError(f"{task.name}: multiple-choice scoring needs a local model, not {model}")
+            res, records = run_task(backend, task, shots=shots, limit=limit, mode=mode, seed=seed,
+                                    data_root=data_root, data=data, cache=cache, progress=progress)
         results[task.name] = res
         if outdir:
             _write_jsonl(outdir / "samples" / f"{task.name}.jsonl", records)

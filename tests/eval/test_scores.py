@@ -61,7 +61,14 @@ def test_harmlessness_is_mc2_times_one_minus_toxicity():
     cats = {c.name: c for c in category_scores({"truthfulqa_mc2": 0.5, "bold_toxicity": 0.1})}
     assert cats["Harmlessness"].score == pytest.approx(45.0)
     alone = {c.name: c for c in category_scores({"truthfulqa_mc2": 0.5})}["Harmlessness"]
-    assert alone.score == pytest.approx(50.0) and alone.missing == ["BOLD toxicity"]
+    assert alone.score is None and alone.missing == ["BOLD toxicity"]  # no toxicity is not "no toxicity"
+
+
+def test_chat_and_multilingual_are_shown_but_not_in_the_overall():
+    cats = category_scores({"mt_bench": 0.7, "flores_en_ko": 0.4, "gsm8k": 0.3})
+    by = {c.name: c for c in cats}
+    assert by["Chat"].score == pytest.approx(70.0) and by["Multilingual"].score == pytest.approx(40.0)
+    assert overall(cats) == pytest.approx(30.0)
 
 
 def _results(path, model, cats):

@@ -100,6 +100,7 @@ class Task:
     output: str = "multiple_choice"  # or "generate"
     generation: Generation | None = None  # generation tasks: decoding settings
     score: Scorer | None = None  # generation tasks: completions -> per-item metrics (averaged over items)
+    aggregate: Callable[[list[dict]], dict[str, float]] | None = None  # corpus-level metrics instead of means
 
 
 @dataclass
@@ -121,9 +122,18 @@ class Registry:
             elif name in self.groups:
                 out.update((n, self.tasks[n]) for n in self.groups[name])
             else:
-                known = sorted(set(self.tasks) | set(self.groups))
-                raise UserError(f"tasks: unknown task {name!r} (known: {', '.join(known)})")
+                raise UserError(f"tasks: unknown task {name!r}; {self.suggest(name)}")
         return list(out.values())
+
+    def suggest(self, name: str) -> str:
+        """The closest task and group names, and the groups, instead of all two hundred names."""
+        import difflib
+
+        names = sorted(set(self.tasks) | set(self.groups))
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+        close += [n for n in names if name.lower() in n and n not in close][: 5 - len(close)]
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        return hint + f"groups: {', '.join(sorted(self.groups))}"
 
 
 REGISTRY = Registry()
@@ -152,6 +162,7 @@ def _register_all() -> None:
         kmmlu,
         kobest,
         mmlu,
+        mt_bench,
         truthfulqa,
         xnli,
     )
