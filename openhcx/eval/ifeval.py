@@ -47,8 +47,13 @@ def _holds(count: int, relation: Relation, threshold: int) -> bool:
 
 # --- language and tokenization -------------------------------------------------------------------------------
 
+LANGUAGE_CHECKS = frozenset({"language:response_language", "change_case:english_capital",
+                             "change_case:english_lowercase"})
+
+
 @functools.cache
-def _language_detector_factory():
+def language_detector_factory():
+    """langdetect's factory with its profiles loaded and a fixed seed; UserError when langdetect is absent."""
     try:
         from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
     except ImportError:
@@ -61,9 +66,9 @@ def _language_detector_factory():
 
 def detect_language(text: str) -> str | None:
     """langdetect's ISO code for `text`, or None when it finds no features (no letters)."""
+    detector = language_detector_factory().create()
     from langdetect.lang_detect_exception import LangDetectException
 
-    detector = _language_detector_factory().create()
     detector.append(text)
     try:
         return detector.detect()
@@ -196,7 +201,7 @@ def constrained_response(response: str) -> bool:
 
 
 def number_highlighted_sections(response: str, *, num_highlights: int) -> bool:
-    """*single* and **double** highlights on one line, not blank inside; a **double** one counts for both."""
+    """*italic* or **bold** highlights within one line, not blank inside."""
     single = [h for h in re.findall(r"\*[^\n*]*\*", response) if h.strip("*").strip()]
     double = [h for h in re.findall(r"\*\*[^\n*]*\*\*", response) if h[2:-2].strip()]
     return len(single) + len(double) >= num_highlights

@@ -2,8 +2,8 @@
 
 File as google-research publishes it: `input_data.jsonl`, one record a line {key, prompt, instruction_id_list,
 kwargs}. The prompt goes to the model as a chat turn and is decoded greedily up to 1280 tokens (lm-eval's
-settings); every checker is built at load time, so a bad instruction id or kwargs stops the run before any
-decoding. Metrics: prompt-level accuracy (all of a prompt's instructions followed) and instruction-level
+settings); every checker is built at load time, so a bad instruction id or kwargs, or a missing langdetect,
+stops the run before any decoding. Metrics: prompt-level accuracy (all of a prompt's instructions followed) and instruction-level
 accuracy (over all instructions of the run, not averaged per prompt), each strict and loose.
 Not here: the checkers and what strict and loose mean (eval/ifeval.py).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from openhcx.eval.ifeval import build_checker, grade
+from openhcx.eval.ifeval import LANGUAGE_CHECKS, build_checker, grade, language_detector_factory
 from openhcx.eval.tasks import REGISTRY, Generation, Item, ScoreContext, Task
 from openhcx.eval.tasks.files import read_jsonl
 from openhcx.io import UserError
@@ -40,6 +40,8 @@ def load(folder: Path, split: str) -> list[Item]:
         frozen = tuple(tuple((k, _frozen(v)) for k, v in kw.items() if v is not None) for kw in kwargs)
         items.append(Item(query=prompt, choices=(), gold=0, meta=(
             ("key", key), ("instruction_id_list", tuple(ids)), ("kwargs", frozen))))
+    if any(i in LANGUAGE_CHECKS for item in items for i in item.get("instruction_id_list")):
+        language_detector_factory()  # a missing langdetect stops the run now, not after decoding
     return items
 
 
