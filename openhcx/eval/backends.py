@@ -1,10 +1,12 @@
 """Model backends: a local Hugging Face causal LM (OpenHCX checkpoints included) and an HTTP endpoint.
 
 `HFBackend` scores continuations the way lm-evaluation-harness does (same tokenization of context and
-continuation, same left truncation, same float32 sum) but faster: the continuations of one context are
-packed behind a single copy of it and scored in one forward pass, with a block mask and restarted
-positions so each continuation sees only the context and itself; sequences are length-sorted and
-batched by a token budget; the vocabulary projection runs only at the positions that are scored.
+continuation, same left truncation, same float32 sum) but faster: a question whose choices are single
+tokens (or that has one choice) is one plain causal pass, with no attention mask; otherwise the context
+runs once and the choices run after it against its key-value cache, at restarted positions and with a
+mask over the choices only, so each sees the context and itself. Rows are length-sorted and batched by a
+token budget; the vocabulary projection runs only at the positions that are scored; no cache is built
+while scoring beyond the shared context's.
 `OpenAIBackend` calls an OpenAI-compatible `/v1/completions` endpoint for generation tasks.
 Not here: prompts, few-shot assembly or metrics (harness.py, metrics.py).
 """
@@ -114,7 +116,8 @@ class HFBackend:
         return (ctx[-keep:] if len(ctx) > keep else ctx), conts_enc
 
     def loglikelihood(self, requests: list[Request]) -> Iterator[tuple[int, Scores]]:
-        """Yield (request index, scores) batch by batch, longest packed sequence first."""
+        """Yield (request index, scores) batch by batch: plain causal rows first, then rows whose choices
+        share a context, each longest first."""
         packed = []  # (request index, first continuation index, context ids, continuation ids)
         for i, req in enumerate(requests):
             ctx, conts = self.encode(req)
@@ -122,58 +125,111 @@ class HFBackend:
                 packed.append((i, 0, ctx, conts))
             else:
                 packed.extend((i, k, ctx, [c]) for k, c in enumerate(conts))
-        packed.sort(key=lambda p: -(len(p[2]) + sum(len(c) for c in p[3])))
+        packed.sort(key=lambda p: (not self._causal(p[3]), -self._width(p)))
         pending: dict[int, list] = {i: [None] * len(r.continuations) for i, r in enumerate(requests)}
         for batch in self._batches(packed):
-            for (i, k, _, _), scores in zip(batch, self._score(batch)):
+            score = self._score_causal if self._causal(batch[0][3]) else self._score_shared
+            for (i, k, _, _), scores in zip(batch, score(batch)):
                 pending[i][k:k + len(scores)] = scores
                 if None not in pending[i]:
                     yield i, pending.pop(i)
 
+    @staticmethod
+    def _causal(conts: list[list[int]]) -> bool:
+        """One plain causal pass scores these continuations: a lone one, or only single tokens."""
+        return len(conts) == 1 or all(len(c) == 1 for c in conts)
+
+    @classmethod
+    def _width(cls, packed) -> int:
+        """Tokens a packed row puts through the model (a continuation's last token is never an input)."""
+        ctx, conts = packed[2], packed[3]
+        return len(ctx) + (len(conts[0]) - 1 if cls._causal(conts) else sum(len(c) - 1 for c in conts))
+
     def _batches(self, packed):
         batch, width = [], 0
         for p in packed:
-            n = len(p[2]) + sum(len(c) for c in p[3])
+            n = self._width(p)
             width = max(width, n)
-            if batch and width * (len(batch) + 1) > self.batch_tokens:
+            kind_changes = batch and self._causal(p[3]) != self._causal(batch[0][3])
+            if batch and (width * (len(batch) + 1) > self.batch_tokens or kind_changes):
                 yield batch
                 batch, width = [], n
             batch.append(p)
         if batch:
             yield batch
 
-    def _score(self, batch) -> list[Scores]:
+    def _score_causal(self, batch) -> list[Scores]:
+        """One plain causal pass per row over the context and a lone continuation less its last token.
+
+        Right padding needs no mask (a real position never attends to the pads after it), so attention
+        takes SDPA's causal kernel and no T x T mask is built. Single-token continuations are all read at
+        the context's last position, as lm-eval reads them.
+        """
         import torch
 
-        T = max(len(ctx) + sum(len(c) for c in conts) for _, _, ctx, conts in batch)
-        B = len(batch)
-        ids = torch.zeros(B, T, dtype=torch.long)
-        pos = torch.zeros(B, T, dtype=torch.long)
-        seg = torch.full((B, T), -1, dtype=torch.long)  # 0 context, k>0 continuation k, -1 padding
-        rows, cols, targets, sizes = [], [], [], []
+        seqs = [ctx + conts[0][:-1] for _, _, ctx, conts in batch]
+        ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+        rows, cols, targets = [], [], []
+        for b, (seq, (_, _, ctx, conts)) in enumerate(zip(seqs, batch)):
+            ids[b, :len(seq)] = torch.tensor(seq)
+            for cont in conts:
+                rows += [b] * len(cont)
+                cols += range(len(ctx) - 1, len(ctx) - 1 + len(cont))
+                targets += cont
+        return self._read(batch, dict(input_ids=ids), rows, cols, targets)
+
+    def _score_shared(self, batch) -> list[Scores]:
+        """The choices of one context scored behind a single copy of it, in two passes.
+
+        Pass 1 runs the context less its last token causally (no mask) and keeps the key-value cache.
+        Pass 2 runs the last context token, then each continuation less its last token at restarted
+        positions, against that cache; its mask lets each continuation see the context and itself and
+        is (tail x context + tail), never (T x T).
+        """
+        import torch
+
+        heads = [ctx[:-1] for _, _, ctx, _ in batch]
+        tails, segs, poss, rows, cols, targets = [], [], [], [], [], []
         for b, (_, _, ctx, conts) in enumerate(batch):
             L = len(ctx)
-            ids[b, :L] = torch.tensor(ctx)
-            pos[b, :L] = torch.arange(L)
-            seg[b, :L] = 0
-            off = L
+            tail, seg, pos = [ctx[-1]], [0], [L - 1]  # segment 0 is seen by every continuation
             for k, cont in enumerate(conts, start=1):
                 m = len(cont)
-                ids[b, off:off + m] = torch.tensor(cont)
-                pos[b, off:off + m] = torch.arange(L, L + m)
-                seg[b, off:off + m] = k
                 rows += [b] * m
-                cols += [L - 1] + list(range(off, off + m - 1))  # the position that predicts each token
+                cols += [0, *range(len(tail), len(tail) + m - 1)][:m]  # the position that predicts each token
                 targets += cont
-                sizes.append(m)
-                off += m
-        causal = torch.ones(T, T, dtype=torch.bool).tril()
-        visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
-        mask = causal & visible & (seg[:, :, None] >= 0)
-        mask |= torch.eye(T, dtype=torch.bool)  # padding rows attend to themselves (no NaN)
+                tail += cont[:-1]
+                seg += [k] * (m - 1)
+                pos += range(L, L + m - 1)
+            tails.append(tail), segs.append(seg), poss.append(pos)
+        B, W1, W2 = len(batch), max(map(len, heads)), max(map(len, tails))
+        head_ids, ids, pos = (torch.zeros(B, n, dtype=torch.long) for n in (W1, W2, W2))
+        seg = torch.full((B, W2), -1, dtype=torch.long)  # -1: padding
+        for b in range(B):
+            head_ids[b, :len(heads[b])] = torch.tensor(heads[b], dtype=torch.long)
+            n = len(tails[b])
+            ids[b, :n], pos[b, :n], seg[b, :n] = torch.tensor(tails[b]), torch.tensor(poss[b]), torch.tensor(segs[b])
+        cached = torch.arange(W1)[None, :] < torch.tensor([len(h) for h in heads])[:, None]  # not padding
+        own = torch.ones(W2, W2, dtype=torch.bool).tril() & (seg[:, None, :] >= 0)
+        own &= (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+        own |= torch.eye(W2, dtype=torch.bool)  # padding rows attend to themselves (no NaN)
+        mask = torch.cat([cached[:, None, :].expand(B, W2, W1), own], dim=2)
+        cache = None
+        if W1:  # every context is one token long when W1 is 0: nothing to cache
+            with torch.inference_mode():
+                out = self.model.get_decoder()(input_ids=head_ids.to(self.device), use_cache=True)
+            cache = out.cache
+        kwargs = dict(input_ids=ids, position_ids=pos, attention_mask=mask[:, None], cache=cache)
+        return self._read(batch, kwargs, rows, cols, targets)
+
+    def _read(self, batch, kwargs, rows, cols, targets) -> list[Scores]:
+        """Forward pass; log-prob and greedy match of each target at the (row, column) that predicts it."""
+        import torch
+
         dev = self.device
+        kwargs = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        kwargs["use_cache"] = kwargs.get("cache") is not None  # build no cache while scoring
         with torch.inference_mode():
-            kwargs = dict(input_ids=ids.to(dev), attention_mask=mask[:, None].to(dev), position_ids=pos.to(dev))
             r, c = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
             if self.head_only:
                 hidden = self.model.get_decoder()(**kwargs).last_hidden_state
@@ -184,6 +240,7 @@ class HFBackend:
             tgt = torch.tensor(targets, device=dev)
             tok_lp = logp.gather(1, tgt[:, None])[:, 0]
             hit = logp.argmax(-1) == tgt
+            sizes = [len(cont) for _, _, _, conts in batch for cont in conts]
             # per continuation, a float32 sum in token order: the reduction lm-eval performs
             sums = [float(x.sum()) for x in tok_lp.split(sizes)]
             greedy = [bool(x.all()) for x in hit.split(sizes)]
