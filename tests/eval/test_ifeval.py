@@ -254,7 +254,7 @@ RESPONSES = {
          "Waistcoats are back.",
     3367: "\"Audience 1: teenagers. Fizz without the sugar!\nAudience 2: professionals. Focus, naturally.\"",
     3442: "<<The Answer>>\nA cold: you catch it but cannot throw it.",
-    3506: "Here is the JSON:\n```\n{\"title\": \"Fast-paced environments and ADHD\", \"method\": \"cohort study\"}\n```",
+    3506: "Here is the JSON:\n```\n{\"title\": \"Fast-paced environments and ADHD\", \"method\": \"cohort\"}\n```",
     3619: "<phone>\n  <name>Pixel</name>\n  <price>[price]</price>\n  <date>[date]</date>\n  <color>[color]</color>\n"
           "</phone>",
     3669: "एक आदमी था आरव जो कभी नहीं बोला। लोग पूछते रहे पर वह बस मुस्कुराता रहा।",

@@ -3,8 +3,8 @@
 File as google-research publishes it: `input_data.jsonl`, one record a line {key, prompt, instruction_id_list,
 kwargs}. The prompt goes to the model as a chat turn and is decoded greedily up to 1280 tokens (lm-eval's
 settings); every checker is built at load time, so a bad instruction id or kwargs, or a missing langdetect,
-stops the run before any decoding. Metrics: prompt-level accuracy (all of a prompt's instructions followed) and instruction-level
-accuracy (over all instructions of the run, not averaged per prompt), each strict and loose.
+stops the run before any decoding. Metrics: prompt-level accuracy (all of a prompt's instructions followed)
+and instruction-level accuracy (over all instructions of the run, not averaged per prompt), strict and loose.
 Not here: the checkers and what strict and loose mean (eval/ifeval.py).
 """
 
