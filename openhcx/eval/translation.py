@@ -13,9 +13,9 @@ Scores come from sacrebleu's Python API, so they equal `sacrebleu REF -i HYP -m 
   (`sacrebleu[ja]`) are added when those packages are installed; they are not project dependencies, so a
   score that depended on them would vanish on a machine without them. `kiwi` is our own variant: Korean
   split at kiwipiepy's morpheme boundaries (the project's morphological analyser), surface characters kept
-  ("강력한" -> "강력 한"), then scored with tokenize="none"; it plays the part of ko-mecab and is
-  labelled with the kiwipiepy version. The spm tokenisers (`flores200`, spBLEU) are not offered: they
-  download their model at run time.
+  ("강력한" -> "강력 한"), then scored with tokenize="none"; it plays the part of ko-mecab (quote it with the
+  kiwipiepy version: its segmentation may change between releases). The spm tokenisers (`flores200`, spBLEU)
+  are not offered: they download their model at run time.
 Scores are fractions (sacrebleu's number / 100), the scale the report's category scores expect.
 No learned metric (COMET, BERTScore) is computed: neither is installed with a local model here.
 Not here: prompts and task registration (tasks/translation.py) or decoding (generation.py).
@@ -107,8 +107,8 @@ def kiwi_segment(lines: list[str]) -> list[str]:
 @lru_cache(maxsize=None)
 def _bleu(tokenize: str) -> BLEU | None:
     """sacrebleu's BLEU with this tokenisation, or None when an optional tokeniser's package is missing."""
-    try:
-        return BLEU(tokenize=tokenize)
+    try:  # force: text we segmented ourselves ends in " ." by design, which sacrebleu would warn about
+        return BLEU(tokenize=tokenize, force=tokenize == "none")
     except RuntimeError:  # sacrebleu's message for a missing mecab package
         if tokenize in OPTIONAL:
             return None
