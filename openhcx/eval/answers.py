@@ -5,9 +5,10 @@ the last number in the text (lm-eval's flexible-extract regex, skipping matches 
 `normalize_number` drops `$`, commas and a trailing period and writes numbers canonically ("1,000.00" -> "1000").
 MATH: `last_boxed` takes the last `\\boxed{...}` / `\\fbox{...}` with nested braces; `normalize_math` is the
 Hendrycks `strip_string` normalisation (\\left/\\right, \\!, dfrac/tfrac, \\frac12, .5, degrees, units, spaces,
-a/b, `x =`) plus Minerva's (thousands separators, unit words, \\text{} wrappers), so `math_equal` accepts every
-pair Hendrycks' `is_equiv` accepts. NQ: SQuAD's answer normalisation, best over the gold answers. `majority_vote`
-for maj@k. Not here: symbolic equivalence (no sympy: "\\frac{1}{4}" and "0.25" differ, as in Hendrycks' grading),
+a/b, `x =`) plus Minerva's (thousands separators, unit words, \\text{} wrappers): `math_equal` accepts the
+pairs Hendrycks' `is_equiv` accepts (tested on MATH-500's answers) and more. NQ: SQuAD's answer normalisation,
+best over the gold answers. BBH: `before_stop` (the stripped text before the first stop). `majority_vote` for
+maj@k. Not here: symbolic equivalence (no sympy: "\\frac{1}{4}" and "0.25" differ, as in Hendrycks' grading),
 prompts and decoding (tasks/math.py, tasks/qa.py).
 """
 
@@ -160,7 +161,9 @@ def normalize_math(answer: str) -> str:
 
 
 def math_equal(answer: str, gold: str) -> bool:
-    return bool(answer.strip()) and normalize_math(answer) == normalize_math(gold)
+    """Equal canonical forms; an answer with nothing left after normalisation ("\\text{ units}") matches nothing."""
+    form = normalize_math(answer)
+    return bool(form) and form == normalize_math(gold)
 
 
 # NaturalQuestions (SQuAD's normalisation)

@@ -74,7 +74,8 @@ def test_normalisation_merges_only_equal_math500_answers(shared_path):
 
 # Constructed completions
 @pytest.mark.parametrize("a, b", [
-    ("\\frac12", "\\frac{1}{2}"), ("0.5", "\\frac{1}{2}"), (".5", "0.5"), ("0.50", "1/2"), ("\\tfrac34", "\\frac{3}{4}"),
+    ("\\frac12", "\\frac{1}{2}"), ("0.5", "\\frac{1}{2}"), (".5", "0.5"), ("0.50", "1/2"),
+    ("\\tfrac34", "\\frac{3}{4}"),
     ("\\frac{270}7\\text{ degrees}", "\\frac{270}{7}"), ("\\frac\\pi2", "\\frac{\\pi}{2}"), ("\\sqrt2", "\\sqrt{2}"),
     ("\\sqrt[3]8", "\\sqrt[3]{8}"), ("90^{\\circ}", "90"), ("90 degrees", "90"), ("5\\text{ cm}", "5"),
     ("10,000", "10000"), ("\\$18.90", "18.9"), ("50\\%", "50"), ("x = 3", "3"), ("k=-2", "-2"),
@@ -274,3 +275,42 @@ def test_math_matches_every_pair_hendrycks_is_equiv_accepts(shared_path):
     assert len(accepted) >= 20
     for a, b in accepted:
         assert hendrycks.is_equiv(a, b) and math_equal(a, b), (a, b)
+
+
+# Through the harness
+class Oracle:
+    """A generator that answers each prompt with a given function of the item whose query ends the prompt."""
+
+    fingerprint = "oracle"
+
+    def __init__(self, items: list[Item], answer):
+        self.items, self.answer, self.prompts = items, answer, []
+
+    def generate(self, requests):
+        for i, r in enumerate(requests):
+            self.prompts.append(r.prompt)
+            item = next(it for it in self.items if r.prompt.endswith(it.query))
+            yield i, [self.answer(item, k) for k in range(r.n)]
+
+
+@pytest.mark.parametrize("name, answer, expected", [
+    ("gsm8k", lambda it, k: " " + it.target, {"exact_match_flexible": 1.0, "exact_match_strict": 1.0}),
+    ("gsm8k_maj8", lambda it, k: f" #### {it.get('answer') if k < 3 else k + 10**6}",
+     {"maj_at_8": 1.0, "exact_match_flexible": 3 / 8, "exact_match_strict": 3 / 8}),
+    ("math500_maj4", lambda it, k: " " + (it.target if k % 2 else "no box"), {"maj_at_4": 1.0, "exact_match": 0.5}),
+    ("nq_open", lambda it, k: f" {it.get('answers')[-1]}\nQ:", {"exact_match": 1.0}),
+    ("bbh_date_understanding", lambda it, k: f" {it.target}\n\nQ: more", {"exact_match": 1.0}),
+])
+def test_generation_tasks_run_through_the_harness(shared_path, name, answer, expected):
+    from openhcx.eval.cache import Cache
+    from openhcx.eval.harness import Scoring, run_generation_task
+
+    task = REGISTRY.tasks[name]
+    root = shared_path("benchmarks")
+    items = task.load(root / task.family, task.eval_split)[:6]
+    oracle = Oracle(items, answer)
+    result, records = run_generation_task(oracle, task, Scoring(1, False, Cache()), limit=6, data_root=root)
+    assert result.n == 6 and result.shots == task.shots and result.primary == task.metrics[0]
+    assert result.metrics == pytest.approx(expected)
+    shots = {"gsm8k": "Question:", "math500": "Problem:", "nq_open": "\nQ:", "bbh": "\n\nQ:"}[task.family]
+    assert all(p.count(shots) == task.shots + 1 for p in oracle.prompts)  # the shots, then the item
