@@ -3,6 +3,7 @@ completions, and parity with lm-evaluation-harness's own filters and metrics whe
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 
@@ -314,3 +315,65 @@ def test_generation_tasks_run_through_the_harness(shared_path, name, answer, exp
     assert result.metrics == pytest.approx(expected)
     shots = {"gsm8k": "Question:", "math500": "Problem:", "nq_open": "\nQ:", "bbh": "\n\nQ:"}[task.family]
     assert all(p.count(shots) == task.shots + 1 for p in oracle.prompts)  # the shots, then the item
+
+
+def _jsonl(rows: list[dict], path):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def lmeval_prompts(config: dict, data_files: dict[str, str], limit: int) -> list[str]:
+    """lm-eval's own prompts for the first `limit` test items of a task config, reading our files offline."""
+    import os
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from lm_eval.api.task import ConfigurableTask
+
+    config = {**config, "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": data_files}}
+    config.pop("tag", None)
+    task = ConfigurableTask(config=config)
+    task.set_fewshot_seed(1234)
+    task.build_all_requests(limit=limit, rank=0, world_size=1)
+    return [i.arguments[0] for i in sorted(task.instances, key=lambda i: i.doc_id)]
+
+
+def our_prompts(name: str, root, limit: int) -> list[str]:
+    from openhcx.eval.harness import prepare
+
+    return [rs[0].context for rs in prepare(REGISTRY.tasks[name], limit=limit, data_root=root)[1]]
+
+
+def test_prompts_are_lm_evals(shared_path, tmp_path):
+    """GSM8K, NQ-open and BBH prompts built by lm-eval from its own task files (with our shot sources), and
+    Minerva's four examples as lm-eval's minerva_math ships them."""
+    pytest.importorskip("lm_eval")
+    import ast
+    from pathlib import Path
+
+    import lm_eval
+    import yaml
+
+    tasks = Path(lm_eval.__file__).parent / "tasks"
+    root = shared_path("benchmarks")
+    gsm8k = yaml.safe_load((tasks / "gsm8k" / "gsm8k.yaml").read_text())
+    files = {s: str(root / "gsm8k" / f"{s}.jsonl") for s in ("train", "test")}
+    assert lmeval_prompts({**gsm8k, "num_fewshot": 8}, files, 3) == our_prompts("gsm8k", root, 3)
+
+    nq = yaml.safe_load((tasks / "nq_open" / "nq_open.yaml").read_text())
+    nq.update(training_split=None, validation_split=None, test_split="dev", fewshot_split="dev", num_fewshot=5,
+              fewshot_config={"sampler": "first_n"})
+    files = {"dev": str(root / "nq_open" / "NQ-open.dev.jsonl")}
+    assert lmeval_prompts(nq, files, 7) == our_prompts("nq_open", root, 7)
+
+    bbh = {**yaml.safe_load((tasks / "bbh" / "fewshot" / "_fewshot_template_yaml").read_text()),
+           **yaml.safe_load((tasks / "bbh" / "fewshot" / "snarks.yaml").read_text())}
+    bbh.pop("include")
+    bbh.update(fewshot_split="test", fewshot_config={"sampler": "first_n"})
+    examples = json.loads((root / "bbh" / "snarks.json").read_text())["examples"]
+    files = {"test": str(_jsonl(examples, tmp_path / "snarks.jsonl"))}
+    assert lmeval_prompts(bbh, files, 5) == our_prompts("bbh_snarks", root, 5)
+
+    source = (tasks / "minerva_math" / "utils.py").read_text()
+    fn = next(n for n in ast.parse(source).body if getattr(n, "name", "") == "list_fewshot_samples")
+    shots = ast.literal_eval(fn.body[-1].value)
+    assert [(s["problem"], s["solution"]) for s in shots] == list(math_tasks.MINERVA_SHOTS)
