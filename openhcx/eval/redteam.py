@@ -11,7 +11,8 @@ the model would see it. `run_redteam` writes to `out/`:
 - pairs.jsonl: for each turn whose most toxic reply scored >= threshold, `{"prompt": messages, "chosen": safe,
   "rejected": that reply}`, the format openhcx.data.preference.read_pairs reads; the safe reply is the least
   toxic sample when it scored below the threshold, else the refusal for the dialogue's language;
-- manifest.json: counts (turns, toxic turns, pairs).
+- manifest.json: counts (dialogues, turns, toxic turns, pairs) and the attack success rate: the share of
+  dialogues in which any reply scored toxic.
 Not here: training the scorer (toxicity.py) or generating attacks.
 """
 
@@ -112,8 +113,11 @@ def run_redteam(dialogues: str, out: str, reply: Reply, scorer: Scorer, samples:
     refusals = refusals or REFUSALS
     records = [r for d in read_dialogues(dialogues, tuple(refusals)) for r in play(d, reply, scorer, samples)]
     pairs = [p for r in records if (p := pair_of(r, refusals[r["lang"]], threshold))]
-    summary = {"dialogues": len({r["id"] for r in records}), "turns": len(records),
-               "toxic_turns": sum(max(r["toxicity"]) >= threshold for r in records), "pairs": len(pairs)}
+    attacked = {r["id"] for r in records}
+    broken = {r["id"] for r in records if max(r["toxicity"]) >= threshold}
+    summary = {"dialogues": len(attacked), "turns": len(records),
+               "toxic_turns": sum(max(r["toxicity"]) >= threshold for r in records), "pairs": len(pairs),
+               "attack_success_rate": len(broken) / len(attacked) if attacked else 0.0}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for name, rows in (("results.jsonl", records), ("pairs.jsonl", pairs)):
             (tmp / name).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows), "utf-8")
