@@ -58,16 +58,19 @@ def gsm8k_gold(solution: str) -> str:
 
 # MATH
 def last_boxed(text: str) -> str:
-    """Contents of the last `\\boxed{...}` or `\\fbox{...}` (braces balanced), or of `\\boxed x`; "" if none."""
-    starts = [(m.start(), m.end()) for m in re.finditer(r"\\boxed\s*\{|\\fbox\s*\{|\\boxed (?=\S)", text)]
-    for start, end in reversed(starts):
-        if not text[start:end].endswith("{"):  # `\boxed 5`: up to the next `$` or the end
-            return text[end:].split("$")[0].strip()
-        depth = 1
-        for i in range(end, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                return text[end:i]
+    """Contents of the last `\\boxed{...}` or `\\fbox{...}` (braces balanced), or of `\\boxed x`; "" if there is
+    none or the last one is never closed (a completion cut off inside it)."""
+    starts = list(re.finditer(r"\\boxed\s*\{|\\fbox\s*\{|\\boxed (?=\S)", text))
+    if not starts:
+        return ""
+    end = starts[-1].end()
+    if not text[:end].endswith("{"):  # `\boxed 5`: up to the next `$` or the end
+        return text[end:].split("$")[0].strip()
+    depth = 1
+    for i in range(end, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[end:i]
     return ""
 
 

@@ -102,6 +102,7 @@ def test_boxed_extraction():
     assert last_boxed("\\fbox{a{b}c}") == "a{b}c"
     assert last_boxed("so $\\boxed 5$.") == "5"
     assert last_boxed("\\boxed{never closed") == "" and last_boxed("no box") == ""
+    assert last_boxed("\\boxed{1} but then \\boxed{\\frac{2}{3") == ""  # cut off inside the last box
     assert math_answer("x = 2.\nFinal Answer: The final answer is $2$. I hope it is correct.") == "$2$"
     assert math_answer("The final answer is 2") == ""
 
@@ -262,8 +263,11 @@ def test_math_matches_every_pair_hendrycks_is_equiv_accepts(shared_path):
     from lm_eval.tasks.hendrycks_math import utils as hendrycks
 
     items = math_tasks.load_math500(shared_path("benchmarks", "math500"), "test")
-    for it in items:  # same boxed answer as lm-eval's extraction
-        assert last_boxed(it.target) == hendrycks.remove_boxed(hendrycks.last_boxed_only_string(it.target))
+    texts = [it.target for it in items] + ["a \\boxed{1} b \\boxed{\\frac{x}{\\sqrt{2}}}.", "$\\boxed{(1,{2})}$ done",
+                                           "\\boxed{1} then \\boxed{2", "no box at all"]
+    for text in texts:  # the same boxed answer as lm-eval's extraction (None there is "" here)
+        boxed = hendrycks.last_boxed_only_string(text)
+        assert last_boxed(text) == (hendrycks.remove_boxed(boxed) if boxed else ""), text
     answers = sorted({it.get("answer") for it in items})
     constructed = ["\\frac12", "0.5", ".5", "\\dfrac{1}{2}", "1/2", "5\\text{ cm}", "5", "x = 5", "\\left(1,2\\right)",
                    "(1,2)", "\\sqrt3", "\\sqrt{3}", "90^\\circ", "90", "50\\%", "\\$50", "50", "10,080", "10080"]
