@@ -73,6 +73,20 @@ def test_normalisation_merges_only_equal_math500_answers(shared_path):
     }
 
 
+def test_bad_benchmark_files_are_named(tmp_path):
+    from openhcx.io import UserError
+
+    (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "18"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"test.jsonl:1: the answer has no final '#### <number>' line"):
+        math_tasks.load_gsm8k(tmp_path, "test")
+    (tmp_path / "NQ-open.dev.jsonl").write_text('{"question": "q", "answer": "Paris"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"NQ-open.dev.jsonl:1: 'answer' must be a non-empty list"):
+        qa_tasks.load_nq(tmp_path, "dev")
+    (tmp_path / "navigate.json").write_text('{"examples": [{"input": "x"}]}', encoding="utf-8")
+    with pytest.raises(UserError, match=r"navigate.json: expected .* missing 'target'"):
+        qa_tasks.load_bbh("navigate", tmp_path, "test")
+
+
 # Constructed completions
 @pytest.mark.parametrize("a, b", [
     ("\\frac12", "\\frac{1}{2}"), ("0.5", "\\frac{1}{2}"), (".5", "0.5"), ("0.50", "1/2"),

@@ -19,6 +19,7 @@ from openhcx.eval.answers import (before_stop, flexible_number, gsm8k_gold, majo
                                   normalize_math, normalize_number, strict_number)
 from openhcx.eval.tasks import REGISTRY, Generation, Item, ScoreContext, Task
 from openhcx.eval.tasks.files import field, read_jsonl
+from openhcx.io import UserError
 
 GSM8K_STOP = ("Question:", "</s>", "<|im_end|>")
 MATH_STOP = ("Problem:",)
@@ -52,6 +53,8 @@ def load_gsm8k(root: Path, split: str) -> list[Item]:
     items = []
     for n, r in read_jsonl(path):
         solution = field(path, n, r, "answer")
+        if "####" not in solution:
+            raise UserError(f"{path}:{n}: the answer has no final '#### <number>' line")
         items.append(Item(query=f"Question: {field(path, n, r, 'question')}\nAnswer:", choices=(), gold=0,
                           target=solution, meta=(("answer", gsm8k_gold(solution)),)))
     return items
