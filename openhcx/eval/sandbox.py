@@ -18,6 +18,7 @@ against kernel exploits. docs/sandbox.md lists what this does and does not prote
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ GRACE_S = 5  # the harness kills a tree this long after the init should have end
 # open files, then the program's command. It writes one line to the report fd: "wall", or
 # "<exit code or -signal> <cpu seconds> <processes still running>".
 INIT = """
-import os, resource as r, signal, sys
+import os, resource as r, select, sys
 fd, wall = int(sys.argv[1]), float(sys.argv[2])
 cpu, mem, fsize, nproc, nofile = map(int, sys.argv[3:8])
 os.set_inheritable(fd, False)
@@ -48,13 +50,10 @@ if pid == 0:
                             (r.RLIMIT_NPROC, nproc, nproc), (r.RLIMIT_NOFILE, nofile, nofile), (r.RLIMIT_CORE, 0, 0)):
         r.setrlimit(res, (soft, hard))
     os.execv(sys.argv[8], sys.argv[8:])
-def expire(*_):
+if not select.select([os.pidfd_open(pid)], [], [], wall)[0]:
     os.write(fd, b"wall")
     os._exit(0)
-signal.signal(signal.SIGALRM, expire)
-signal.setitimer(signal.ITIMER_REAL, wall)
 status, usage = os.wait4(pid, 0)[1:]
-signal.setitimer(signal.ITIMER_REAL, 0)
 while True:  # reap orphans that have already exited, so that only live ones count as left behind
     try:
         if os.waitpid(-1, os.WNOHANG)[0] == 0:
@@ -158,6 +157,12 @@ def _workdir(top: str) -> str:
     return work
 
 
+def _kill_group(pgid: int, killed: threading.Event) -> None:
+    killed.set()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def _run(source: str, limits: Limits, python: str) -> Outcome:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="openhcx-sandbox-", ignore_cleanup_errors=True) as top:
@@ -172,13 +177,13 @@ def _run(source: str, limits: Limits, python: str) -> Outcome:
                                         start_new_session=True)
             finally:
                 os.close(write_end)
-            overran = False
-            try:
-                proc.wait(timeout=limits.wall_s + GRACE_S)
-            except subprocess.TimeoutExpired:  # the init did not end it (a machine too busy to start it)
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                overran = True
+            # A backstop in case the init never ends it (a machine too busy to start it); a timer, because
+            # Popen.wait(timeout=...) polls with sleeps that would add tens of milliseconds to every program.
+            overran = threading.Event()
+            backstop = threading.Timer(limits.wall_s + GRACE_S, _kill_group, (proc.pid, overran))
+            backstop.start()
+            proc.wait()
+            backstop.cancel()
             os.set_blocking(read_end, False)
             try:
                 report = os.read(read_end, 256).decode()
@@ -187,7 +192,7 @@ def _run(source: str, limits: Limits, python: str) -> Outcome:
             finally:
                 os.close(read_end)
             stdout, stderr = _read(out, limits.output_bytes), _read(err, limits.output_bytes)
-            status, reason = _verdict(report, overran, _read(err, 4096, tail=True), limits)
+            status, reason = _verdict(report, overran.is_set(), _read(err, 4096, tail=True), limits)
     return Outcome(status, reason, stdout, stderr, time.monotonic() - start)
 
 
