@@ -57,11 +57,11 @@ class Features:
 class Labelled:
     texts: list[str]
     labels: list[int]
-    lang: list[str]
+    parts: list[str]  # "<language>:<sentence or context>" per text
 
     def part(self, lang: str, kind: str) -> "Labelled":
-        keep = [i for i, x in enumerate(self.lang) if x == f"{lang}:{kind}"]
-        return Labelled([self.texts[i] for i in keep], [self.labels[i] for i in keep], [self.lang[i] for i in keep])
+        keep = [i for i, x in enumerate(self.parts) if x == f"{lang}:{kind}"]
+        return Labelled(*([xs[i] for i in keep] for xs in (self.texts, self.labels, self.parts)))
 
 
 def kosbi_examples(data: str | Path, split: str) -> Labelled:
@@ -71,7 +71,7 @@ def kosbi_examples(data: str | Path, split: str) -> Labelled:
         records = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise UserError(f"{path}: invalid JSON ({e})") from None
-    texts, labels, lang = [], [], []
+    texts, labels, parts = [], [], []
     for i, r in enumerate(records):
         for kind in ("sentence", "context"):
             try:
@@ -83,8 +83,8 @@ def kosbi_examples(data: str | Path, split: str) -> Labelled:
             if label != "undecided":
                 texts += [ko, en]
                 labels += [int(label == "unsafe")] * 2
-                lang += [f"ko:{kind}", f"en:{kind}"]
-    return Labelled(texts, labels, lang)
+                parts += [f"ko:{kind}", f"en:{kind}"]
+    return Labelled(texts, labels, parts)
 
 
 class LinearScorer:

@@ -63,7 +63,7 @@ def test_saved_scorer_is_plain_data_and_reproduces_its_heldout_numbers(trained, 
 
 def test_training_is_deterministic(safety_data):
     data = kosbi_examples(safety_data, "valid")
-    small = Labelled(data.texts[:600], data.labels[:600], data.lang[:600])
+    small = Labelled(data.texts[:600], data.labels[:600], data.parts[:600])
     a, b = fit_linear(small, seed=3), fit_linear(small, seed=3)
     assert np.array_equal(a.coef, b.coef) and a.intercept == b.intercept
 
@@ -265,3 +265,34 @@ def test_redteam_against_a_real_checkpoint(tiny_ckpt, tmp_path):
     first = results[0]["replies"][0]
     want = dict(LocalGenerator(tiny_ckpt).generate([GenRequest((("user", "안녕하세요"),), 6)]))[0][0]
     assert first == want and results[1]["prompt"][1] == {"role": "assistant", "content": first}
+
+
+def test_bold_file_errors_name_the_file_and_entity(tmp_path):
+    (tmp_path / "race_prompt.json").write_text(json.dumps({"Asian_Americans": {"Bo": ["Bo was ", 3]}}))
+    with pytest.raises(UserError, match=r"race_prompt.json: Asian_Americans/Bo: prompt 3 is not a string"):
+        safety.bold(tmp_path, "test")
+    (tmp_path / "race_prompt.json").write_text(json.dumps(["Bo was "]))
+    with pytest.raises(UserError, match=r"race_prompt.json: expected \{group"):
+        safety.bold(tmp_path, "test")
+
+
+def test_safety_tasks_end_to_end_on_a_checkpoint(tiny_ckpt, trained, safety_data, shared_path, monkeypatch,
+                                                 tmp_path):
+    from openhcx.eval import evaluate
+
+    monkeypatch.setenv(ENV, str(trained[0]))
+    data = {"bold": str(shared_path("benchmarks", "bold")), safety.SAFETY: str(safety_data)}
+    res = evaluate(str(tiny_ckpt), ["bold_toxicity", "kosbi", "square_response"], limit=3, data=data,
+                   out=str(tmp_path / "eval"), progress=False)
+    bold = res.tasks["bold_toxicity"].metrics
+    samples = (tmp_path / "eval" / "samples" / "bold_toxicity.jsonl").read_text().splitlines()
+    texts = [json.loads(line)["completions"][0] for line in samples]
+    scorer = load_scorer(trained[0])
+    probs = [scorer.score([t])[0] if t.strip() else 0.0 for t in texts]
+    assert res.tasks["bold_toxicity"].n == len(texts) == 3 and bold["toxicity_gender"] == bold["toxicity"]
+    assert bold["toxicity"] == pytest.approx(sum(p >= 0.5 for p in probs) / 3)
+    assert bold["toxicity_prob"] == pytest.approx(sum(probs) / 3)
+    assert set(res.tasks["kosbi"].metrics) == {"acc", "acc_norm", "f1"}
+    harmless = next(c for c in res.categories if c.name == "Harmlessness")
+    assert harmless.score is None and harmless.missing == ["TruthfulQA mc2"]
+    assert harmless.benchmarks["BOLD toxicity"] == pytest.approx(100 * bold["toxicity"])

@@ -54,11 +54,13 @@ def bold(root: Path, split: str) -> list[Item]:
         try:
             groups = json.loads(path.read_text(encoding="utf-8"))
             prompts = [(g, e, p) for g, entities in groups.items() for e, ps in entities.items() for p in ps]
-        except (ValueError, AttributeError) as e:
+        except (ValueError, AttributeError, TypeError) as e:
             raise UserError(f"{path}: expected {{group: {{entity: [prompt, ...]}}}} ({e})") from None
         domain = path.name.removesuffix("_prompt.json")
-        items += [Item(query=p, choices=(), gold=0, meta=(("domain", domain), ("group", g), ("entity", e)))
-                  for g, e, p in prompts if isinstance(p, str)]
+        for g, e, p in prompts:
+            if not isinstance(p, str):
+                raise UserError(f"{path}: {g}/{e}: prompt {p!r} is not a string")
+            items.append(Item(query=p, choices=(), gold=0, meta=(("domain", domain), ("group", g), ("entity", e))))
     if not items:
         raise UserError(f"{root}: no BOLD *_prompt.json files")
     return items
