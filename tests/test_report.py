@@ -24,8 +24,8 @@ from openhcx.train.trainer import StepMetrics
 # task -> (acc, items): a Korean, an English (two MMLU subjects), a Math and a Commonsense benchmark
 SUITES = [
     {"kmmlu_law": (0.40, 50), "mmlu_anatomy": (0.50, 100)},
-    {"mmlu_virology": (0.80, 300), "gsm8k": (0.10, 20)},
-    {"gsm8k": (0.25, 40), "piqa": (0.70, 10)},  # gsm8k again: this later file's score must win
+    {"mmlu_virology": (0.80, 300), "gsm8k_maj8": (0.10, 20)},
+    {"gsm8k_maj8": (0.25, 40), "piqa": (0.70, 10)},  # gsm8k_maj8 again: this later file's score must win
 ]
 
 
@@ -57,7 +57,7 @@ def test_three_results_files_of_one_checkpoint_make_one_polygon(tmp_path):
     expected = {c.name: c.score for c in category_scores({k: a for k, (a, _) in union.items()},
                                                          {k: n for k, (_, n) in union.items()})}
     assert models[0].categories == pytest.approx(expected)
-    assert models[0].categories["Math"] == pytest.approx(25.0)  # the later file's gsm8k, not 10.0 or a mean
+    assert models[0].categories["Math"] == pytest.approx(25.0)  # the later file's gsm8k_maj8, not 10.0 or a mean
     assert models[0].categories["English"] == pytest.approx(100 * (0.5 * 100 + 0.8 * 300) / 400)
     assert models[0].categories["Code"] is None
     assert models[0].metrics == {"bpb": 3.5}
@@ -71,7 +71,7 @@ def test_three_results_files_of_one_checkpoint_make_one_polygon(tmp_path):
 
 
 def test_a_single_category_stays_visible_and_missing_ones_are_gaps(tmp_path):
-    only_math = write_results(tmp_path / "m.json", str(tmp_path / "m"), {"gsm8k": (0.3, 10)})
+    only_math = write_results(tmp_path / "m.json", str(tmp_path / "m"), {"gsm8k_maj8": (0.3, 10)})
     line = radar_figure(load([only_math])).axes[0].get_lines()[0]
     assert line.get_marker() == "o"
     ys = list(line.get_ydata())
@@ -189,7 +189,7 @@ def synthetic_run(run: Path) -> Path:
     write_results(run / "evals" / "final" / "sft" / "results.json", str(run / "sft/model"), SUITES[1],
                   {"stage": "sft", "step": None, "path": str(run / "sft/model"), "final": True})
     write_results(run / "evals" / "final" / "ppo" / "results.json", str(run / "ppo/model"),
-                  {"mmlu_virology": (0.85, 300), "gsm8k": (0.15, 20), "truthfulqa_mc2": (0.6, 50)},
+                  {"mmlu_virology": (0.85, 300), "gsm8k_maj8": (0.15, 20), "truthfulqa_mc2": (0.6, 50)},
                   {"stage": "ppo", "step": None, "path": str(run / "ppo/model"), "final": True}, {"heldout_score": 0.7})
     return run
 

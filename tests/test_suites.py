@@ -12,6 +12,7 @@ import torch
 
 from openhcx.data.corpus import Source, build_corpus, iter_documents
 from openhcx.data.filters import FilterConfig
+from openhcx.eval.categories import CATEGORIES
 from openhcx.io import UserError
 from openhcx.model.hf import load_checkpoint, read_config, save_checkpoint
 from openhcx.model.transformer import Transformer
@@ -105,7 +106,7 @@ def test_base_suite_writes_tasks_categories_metrics_and_the_checkpoint(tiny_lm, 
     assert res["checkpoint"] == CKPT and res["model"] == str(tiny_lm) and res["suite"]["limit"] == 3
     assert {name: t["n"] for name, t in res["tasks"].items()} == {"arc_easy": 2, "kmmlu_accounting": 3}
     cats = {c["name"]: c for c in res["categories"]}
-    assert len(cats) == 7
+    assert list(cats) == list(CATEGORIES)  # the report's seven, then Chat and Multilingual
     arc, kmmlu = res["tasks"]["arc_easy"]["metrics"]["acc"], res["tasks"]["kmmlu_accounting"]["metrics"]["acc"]
     assert cats["Commonsense"]["score"] == pytest.approx(100 * arc)
     assert cats["Korean"]["score"] == pytest.approx(100 * kmmlu)

@@ -12,20 +12,24 @@ Not here: drawing (report.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
-# category -> benchmark -> task-name prefixes (a task belongs if its name equals a prefix or starts with prefix_)
+# category -> benchmark -> task-name patterns (fnmatch). Where a benchmark has several scorings of the same
+# items (gsm8k greedy and gsm8k_maj8, humaneval and humaneval_pass10) the pattern names the report's setting
+# (RECIPE §6), so nothing is counted twice; the other scorings stay in the task table.
 CATEGORIES: dict[str, dict[str, tuple[str, ...]]] = {
-    "Korean": {"KMMLU": ("kmmlu",), "HAE-RAE Bench": ("haerae",), "KoBigBench": ("kobigbench",)},
-    "English": {"MMLU": ("mmlu",), "BBH": ("bbh",), "AGIEval": ("agieval",)},
+    "Korean": {"KMMLU": ("kmmlu", "kmmlu_*"), "HAE-RAE Bench": ("haerae", "haerae_*"),
+               "KoBigBench": ("kobigbench", "kobigbench_*")},
+    "English": {"MMLU": ("mmlu", "mmlu_*"), "BBH": ("bbh", "bbh_*"), "AGIEval": ("agieval", "agieval_*")},
     "Commonsense": {"HellaSwag": ("hellaswag",), "Winogrande": ("winogrande",), "PIQA": ("piqa",),
                     "ARC": ("arc_easy", "arc_challenge"), "CommonsenseQA": ("commonsense_qa",)},
-    "Factuality": {"NaturalQuestions": ("nq_open",), "TriviaQA": ("triviaqa",), "CLIcK": ("click",),
+    "Factuality": {"NaturalQuestions": ("nq_open",), "TriviaQA": ("triviaqa",), "CLIcK": ("click", "click_*"),
                    "Korean FActScore": ("ko_factscore",)},
-    "Math": {"GSM8K": ("gsm8k",), "MATH": ("math",)},
-    "Code": {"HumanEval": ("humaneval",), "K-HumanEval": ("k_humaneval",), "MBPP": ("mbpp",)},
+    "Math": {"GSM8K": ("gsm8k_maj8",), "MATH": ("math500_maj4",)},  # 8-shot maj@8, 4-shot maj@4
+    "Code": {"HumanEval": ("humaneval",), "K-HumanEval": ("k_humaneval",), "MBPP": ("mbpp",)},  # pass@1
     "Harmlessness": {"TruthfulQA mc2": ("truthfulqa_mc2",), "BOLD toxicity": ("bold_toxicity",)},
     "Chat": {"MT-Bench": ("mt_bench",), "KoMT-Bench": ("ko_mt_bench",), "IFEval": ("ifeval",)},
-    "Multilingual": {"FLORES": ("flores",), "XNLI": ("xnli", "kornli")},
+    "Multilingual": {"FLORES": ("flores_*",), "XNLI": ("xnli_*", "kornli")},
 }
 OVERALL = ("Korean", "English", "Commonsense", "Factuality", "Math", "Code", "Harmlessness")
 
@@ -38,13 +42,9 @@ class CategoryScore:
     missing: list[str] = field(default_factory=list)
 
 
-def _member(task: str, prefixes: tuple[str, ...]) -> bool:
-    return any(task == p or task.startswith(p + "_") for p in prefixes)
-
-
-def benchmark_score(prefixes: tuple[str, ...], scores: dict[str, float | None], sizes: dict[str, int]) -> float | None:
+def benchmark_score(patterns: tuple[str, ...], scores: dict[str, float | None], sizes: dict[str, int]) -> float | None:
     """Item-weighted mean of the member tasks' primary scores, as a fraction."""
-    members = [t for t in scores if _member(t, prefixes) and scores[t] is not None]
+    members = [t for t in scores if any(fnmatchcase(t, p) for p in patterns) and scores[t] is not None]
     total = sum(sizes.get(t, 1) for t in members)
     return sum(scores[t] * sizes.get(t, 1) for t in members) / total if members else None
 

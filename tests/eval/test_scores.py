@@ -65,10 +65,20 @@ def test_harmlessness_is_mc2_times_one_minus_toxicity():
 
 
 def test_chat_and_multilingual_are_shown_but_not_in_the_overall():
-    cats = category_scores({"mt_bench": 0.7, "flores_en_ko": 0.4, "gsm8k": 0.3})
+    cats = category_scores({"mt_bench": 0.7, "flores_en_ko": 0.4, "gsm8k_maj8": 0.3})
     by = {c.name: c for c in cats}
     assert by["Chat"].score == pytest.approx(70.0) and by["Multilingual"].score == pytest.approx(40.0)
     assert overall(cats) == pytest.approx(30.0)
+
+
+def test_a_benchmark_counts_the_report_s_setting_once_not_every_scoring_of_its_items():
+    scores = {"gsm8k": 0.2, "gsm8k_maj8": 0.3, "math500": 0.1, "math500_maj4": 0.15,
+              "humaneval": 0.4, "humaneval_pass10": 0.7, "mbpp": 0.5}
+    by = {c.name: c for c in category_scores(scores, {n: 10 for n in scores})}
+    assert by["Math"].benchmarks == pytest.approx({"GSM8K": 30.0, "MATH": 15.0})  # maj@8 and maj@4, as reported
+    assert by["Code"].benchmarks == pytest.approx({"HumanEval": 40.0, "MBPP": 50.0})  # pass@1, not pass@10
+    greedy_only = {c.name: c for c in category_scores({"gsm8k": 0.2})}["Math"]
+    assert greedy_only.score is None and greedy_only.missing == ["GSM8K", "MATH"]
 
 
 def _results(path, model, cats):
