@@ -254,3 +254,26 @@ def test_manifest_figures_become_valid_mlflow_metric_names():
 
     figures = _numbers({"chat_tokens": {"<|user|>": 49153}, "steps": 3, "stopped_early": False, "name": "x"})
     assert figures == {"chat_tokens.__user__": 49153.0, "steps": 3.0}
+
+
+@pytest.mark.slow
+def test_a_failed_evaluation_is_retried_when_the_run_is_started_again(tiny_lm, tmp_path):
+    data = tmp_path / "benchmarks"
+    (data / "arc").mkdir(parents=True)
+    good = ROOT / "tests/fixtures/benchmarks/arc/ARC-Easy"
+    (data / "arc" / "ARC-Easy").mkdir()
+    bad = data / "arc" / "ARC-Easy" / "ARC-Easy-Test.jsonl"
+    bad.write_text('{"id": "x", "question": \n', encoding="utf-8")
+    r = recipe(tiny_lm, **{"reward": None, "ppo": None, "evaluation.suites": {}, "evaluation.final.prompts": None,
+                           "evaluation.final.data_root": str(data)})
+    path, run = write_recipe(tmp_path, r), tmp_path / "run"
+    first = openhcx("run", "--recipe", str(path), "--out", str(run))
+    assert first.returncode == 1 and "1 evaluation(s) failed" in first.stderr and str(bad) in \
+        (run / "pipeline" / "queue.db").read_bytes().decode(errors="replace")
+    bad.write_text((good / "ARC-Easy-Test.jsonl").read_text(encoding="utf-8"), encoding="utf-8")  # the cause fixed
+    second = openhcx("run", "--recipe", str(path), "--out", str(run))
+    assert second.returncode == 0, second.stderr[-2000:]
+    final = json.loads((run / "evals" / "final" / "sft" / "results.json").read_text())
+    assert final["tasks"]["arc_easy"]["n"] == 2  # the fixture's two items
+    sft = next(row for row in queue_rows(run) if row["kind"].startswith("stage@") and row["key"].endswith(":sft"))
+    assert sft["attempts"] == 1  # SFT was not redone

@@ -364,6 +364,9 @@ class Runner:
         from openhcx.pipeline.report import build_report
 
         self.parent_run = parent_run(self.plan)
+        for event in self.queue.events(kind="eval", status="failed"):  # failed in an earlier invocation: its
+            if event.key.startswith(f"eval:{self.plan.run_key}:"):   # cause may be fixed now, as for stages
+                self.queue.requeue(event.key)
         self.reconcile()
         self.keep_workers()
         try:
