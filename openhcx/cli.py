@@ -28,6 +28,7 @@ COMMANDS = {
     "ppo": "openhcx.train.ppo:ppo",
     "eval": "openhcx.eval:evaluate",
     "eval radar": "openhcx.eval:radar",
+    "eval transfer": "openhcx.eval.transfer:transfer",
     "generate": "openhcx.chat:generate",
     "chat": "openhcx.chat:chat",
     "import-hf": "openhcx.model.hf:import_hf",
