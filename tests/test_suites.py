@@ -164,3 +164,34 @@ def test_refusals_name_the_field_or_file(tiny_lm, reward_ckpt, tmp_path):
         Suite(limit=0)
     with pytest.raises(UserError, match="^heldout_fraction=0"):
         Suite(heldout_fraction=0)
+
+
+def test_a_suite_runs_generation_tasks_beside_multiple_choice_ones(tiny_lm, tmp_path):
+    import shutil
+
+    config = read_config(tiny_lm).replace(max_seq_len=1024)  # room for GSM8K's 256 new tokens after a prompt
+    model = save_checkpoint(load_checkpoint(tiny_lm)[0], config, tmp_path / "model", tiny_lm)
+    data = tmp_path / "benchmarks"
+    shutil.copytree(FIXTURES / "arc", data / "arc")
+    (data / "gsm8k").mkdir()
+    rows = [{"question": f"Tom has {a} apples and buys {b} more. How many does he have?",
+             "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"} for a, b in
+            ((3, 4), (10, 5), (7, 7))]
+    for split in ("train", "test"):
+        (data / "gsm8k" / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    suite = Suite(tasks=["arc_easy", "gsm8k_maj8"], limit=2, shots=0, data_root=str(data))
+    res = run_suite(str(model), str(tmp_path / "eval"), suite, CKPT)
+    assert {name: t["n"] for name, t in res["tasks"].items()} == {"arc_easy": 2, "gsm8k_maj8": 2}
+    samples = [json.loads(x) for x in (tmp_path / "eval/tasks/samples/gsm8k_maj8.jsonl").read_text().splitlines()]
+    assert [s["gold"] for s in samples] == ["7", "15"] and all(len(s["flexible"]) == 8 for s in samples)
+    maj = res["tasks"]["gsm8k_maj8"]["metrics"]["maj_at_8"]
+    assert maj == pytest.approx(sum(s["maj_at_8"] for s in samples) / 2)
+    math_cat = next(c for c in res["categories"] if c["name"] == "Math")
+    assert math_cat["benchmarks"] == {"GSM8K": pytest.approx(100 * maj)}  # the task feeds its category
+
+
+def test_a_suite_names_a_missing_toxicity_scorer_or_judge(tiny_lm, tmp_path):
+    for key in ("toxicity", "judge"):
+        with pytest.raises(UserError, match=f"{tmp_path}/nope"):
+            run_suite(str(tiny_lm), str(tmp_path / "e"), Suite(tasks=["bold_toxicity"], **{key: str(tmp_path / "nope")}),
+                      CKPT)

@@ -7,16 +7,14 @@ runs once and the choices run after it against its key-value cache, at restarted
 mask over the choices only, so each sees the context and itself. Rows are length-sorted and batched by a
 token budget; the vocabulary projection runs only at the positions that are scored; no cache is built
 while scoring beyond the shared context's.
-`OpenAIBackend` calls an OpenAI-compatible `/v1/completions` endpoint for generation tasks.
-Not here: prompts, few-shot assembly or metrics (harness.py, metrics.py).
+Not here: generation (generation.py: local checkpoints and OpenAI-compatible endpoints), prompts, few-shot
+assembly or metrics (harness.py, metrics.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -39,8 +37,6 @@ class Backend(Protocol):
     fingerprint: str  # identifies model weights and numerics; part of every cache key
 
     def loglikelihood(self, requests: list[Request]) -> Iterator[tuple[int, Scores]]: ...
-
-    def generate(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[str]: ...
 
 
 def _files_fingerprint(path: Path) -> str:
@@ -247,63 +243,10 @@ class HFBackend:
         scored = iter(zip(sums, greedy))
         return [[next(scored) for _ in conts] for _, _, _, conts in batch]
 
-    def generate(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[str]:
-        """Greedy continuation of each prompt, cut at the first stop string."""
-        import torch
-
-        outs = []
-        for p in prompts:
-            ids = torch.tensor([self._encode([p])[0]], device=self.device)
-            with torch.inference_mode():
-                gen = self.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tok.eos_token_id)
-            outs.append(_cut(self.tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True), stop))
-        return outs
-
-
-def _cut(text: str, stop: tuple[str, ...]) -> str:
-    for s in stop:
-        if s and s in text:
-            text = text[: text.index(s)]
-    return text
-
-
-class OpenAIBackend:
-    """Generation through an OpenAI-compatible server (`base_url` is the part before `/v1`)."""
-
-    def __init__(self, base_url: str, model: str = "default", api_key: str | None = None, timeout: float = 600):
-        self.base_url, self.model, self.api_key, self.timeout = base_url.rstrip("/"), model, api_key, timeout
-        self.fingerprint = f"openai:{self.base_url}:{model}"
-
-    def loglikelihood(self, requests: list[Request]) -> Iterator[tuple[int, Scores]]:
-        raise UserError(f"{self.base_url}: multiple-choice scoring needs token log-probabilities; "
-                        "evaluate a local model directory instead")
-
-    def generate(self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()) -> list[str]:
-        return [self._complete(p, max_new_tokens, stop) for p in prompts]
-
-    def _complete(self, prompt: str, max_new_tokens: int, stop: tuple[str, ...]) -> str:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_new_tokens, "temperature": 0.0}
-        if stop:
-            body["stop"] = list(stop)
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(f"{self.base_url}/v1/completions", json.dumps(body).encode(), headers)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                reply = json.load(resp)
-        except OSError as e:
-            raise UserError(f"{self.base_url}/v1/completions: request failed ({e})") from None
-        try:
-            return _cut(reply["choices"][0]["text"], stop)
-        except (KeyError, IndexError, TypeError):
-            raise UserError(f"{self.base_url}/v1/completions: unexpected reply {str(reply)[:200]}") from None
-
 
 def open_backend(model: str, dtype: str = "auto", device: str = "cpu", batch_tokens: int = 4096) -> Backend:
-    """`http(s)://host[:port]#name` -> OpenAIBackend (API key from OPENAI_API_KEY); else a local HF model."""
+    """A local HF model for multiple-choice scoring; an endpoint is refused (no token log-probabilities)."""
     if model.startswith(("http://", "https://")):
-        url, _, name = model.partition("#")
-        return OpenAIBackend(url, name or "default", os.environ.get("OPENAI_API_KEY"))
+        raise UserError(f"{model}: multiple-choice scoring needs token log-probabilities, which an "
+                        "OpenAI-compatible endpoint does not give; evaluate a local model directory instead")
     return HFBackend.from_path(model, dtype=dtype, device=device, batch_tokens=batch_tokens)

@@ -199,13 +199,15 @@ def generate_cached(generator: Generator, requests: list[GenRequest], cache: Cac
 
 @dataclass
 class Scoring:
-    """The `ScoreContext` scorers receive: worker processes, progress, and the judge when one is configured."""
+    """The `ScoreContext` scorers receive: worker processes, progress, the judge and the toxicity scorer (a
+    directory or a scorer object; None: env OPENHCX_TOXICITY) when configured."""
 
     workers: int
     progress: bool
     cache: Cache
     judge_generator: Generator | None = None
     judge_max_new_tokens: int = 1024
+    toxicity: object = None
 
     def judge(self, prompts: list[list[dict]]) -> list[str | None]:
         if self.judge_generator is None:
@@ -270,8 +272,8 @@ def mean_metrics(names: tuple[str, ...], records: list[dict]) -> dict[str, float
 def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int | None = None,
              limit: int | None = None, mode: str = "loglik", seed: int = 1234, batch_tokens: int = 4096,
              dtype: str = "auto", device: str = "cpu", data_root: str | None = None,
-             data: dict[str, str] | None = None, judge: str | None = None, workers: int | None = None,
-             tracking_uri: str | None = None, progress: bool = True) -> EvalResults:
+             data: dict[str, str] | None = None, judge: str | None = None, toxicity: str | None = None,
+             workers: int | None = None, tracking_uri: str | None = None, progress: bool = True) -> EvalResults:
     """Evaluate `model` (HF directory, .gguf file, or http(s) endpoint) on `tasks` (names or groups).
 
     shots: override every task's RECIPE §6 default. limit: first N items per task. mode: "loglik"
@@ -279,6 +281,8 @@ def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int
     per-item samples/<task>.jsonl, the resumable cache.jsonl and manifest.json; rerunning the same command
     after a crash resumes from the cache. data_root/data: where benchmark files live (see tasks/).
     judge: the model that grades judged tasks (MT-Bench): a checkpoint directory or an http(s) endpoint.
+    toxicity: the scorer of toxicity tasks: a directory from `train_toxicity` or an HF classifier (default:
+    env OPENHCX_TOXICITY).
     workers: processes for scoring work such as running generated code (default: all cores).
     tracking_uri (or env MLFLOW_TRACKING_URI): also log parameters, scores and files to MLflow.
     """
@@ -292,9 +296,10 @@ def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int
         generator = open_generator(model, device, None if dtype == "auto" else dtype)
     results = evaluate_backend(backend, model, tasks, out=out, shots=shots, limit=limit, mode=mode, seed=seed,
                                data_root=data_root, data=data, tracking_uri=tracking_uri, progress=progress,
-                               config=dict(dtype=dtype, device=device, batch_tokens=batch_tokens, judge=judge),
+                               config=dict(dtype=dtype, device=device, batch_tokens=batch_tokens, judge=judge,
+                                           toxicity=toxicity),
                                generator=generator, judge=open_generator(judge, device) if judge else None,
-                               workers=workers)
+                               toxicity=toxicity, workers=workers)
     if progress:
         print(results.summary())
     return results
@@ -305,9 +310,10 @@ def evaluate_backend(backend: Backend | None, model: str, tasks: list[str], *, o
                      data_root: str | None = None, data: dict[str, str] | None = None,
                      tracking_uri: str | None = None, progress: bool = True, config: dict | None = None,
                      log_to_mlflow: bool = True, generator: Generator | None = None,
-                     judge: Generator | None = None, workers: int | None = None) -> EvalResults:
+                     judge: Generator | None = None, toxicity=None, workers: int | None = None) -> EvalResults:
     """`evaluate` with already-built backends (`model` only labels the results): `backend` scores
-    multiple-choice tasks, `generator` decodes generation tasks, `judge` grades judged ones.
+    multiple-choice tasks, `generator` decodes generation tasks, `judge` grades judged ones, `toxicity` (a
+    scorer directory or object) scores toxicity tasks.
 
     log_to_mlflow=False leaves tracking to the caller (a pipeline worker records its own evaluation run).
     """
@@ -317,7 +323,7 @@ def evaluate_backend(backend: Backend | None, model: str, tasks: list[str], *, o
     start = time.time()
     outdir = Path(out) if out else None
     cache = Cache(outdir / "cache.jsonl" if outdir else None)
-    scoring = Scoring(workers or os.cpu_count() or 1, progress, cache, judge)
+    scoring = Scoring(workers or os.cpu_count() or 1, progress, cache, judge, toxicity=toxicity)
     results: dict[str, TaskResult] = {}
     for task in selected:
         if task.output == "generate":

@@ -41,6 +41,7 @@ from openhcx.data.chat import render_prompt
 from openhcx.data.corpus import iter_documents
 from openhcx.eval.backends import open_backend
 from openhcx.eval.categories import category_scores, overall
+from openhcx.eval.generation import open_generator
 from openhcx.eval.harness import MODES, EvalResults, evaluate_backend
 from openhcx.eval.tasks import REGISTRY
 from openhcx.io import UserError, require_file, write_json
@@ -85,6 +86,11 @@ class Suite:
     """The reward stage's seed (it draws the held-out split)."""
     batch_tokens: int = 4096
     """Padded tokens per forward pass (benchmark requests, bpb windows, reward pairs)."""
+    judge: str | None = None
+    """The model grading judged tasks (MT-Bench, KoMT-Bench): a checkpoint directory or an http(s) endpoint."""
+    toxicity: str | None = None
+    """The toxicity scorer of toxicity tasks (BOLD, KoSBi, SQuARe): a `train_toxicity` directory or an HF
+    classifier; null: env OPENHCX_TOXICITY."""
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -145,11 +151,13 @@ def check_inputs(suite: Suite, model: str, scalar: bool) -> None:
         raise UserError(f"pairs: {model} is a language model; pairwise accuracy needs a reward checkpoint")
     REGISTRY.expand(suite.tasks)  # unknown names fail here
     for key, what in (("data_root", "benchmark folder"), ("prompts", "held-out prompt file"),
-                      ("pairs", "preference file")):
+                      ("pairs", "preference file"), ("toxicity", "toxicity scorer")):
         if getattr(suite, key):
             require_file(getattr(suite, key), what)
     if suite.bpb:
         require_file(Path(suite.bpb) / "manifest.json", "corpus manifest")
+    if suite.judge and not suite.judge.startswith(("http://", "https://")):
+        require_file(suite.judge, "judge checkpoint directory")
 
 
 def run_tasks(model: str, out: Path, suite: Suite, progress: bool, device: str) -> EvalResults:
@@ -158,10 +166,19 @@ def run_tasks(model: str, out: Path, suite: Suite, progress: bool, device: str) 
         categories = category_scores({})
         return EvalResults(model=model, mode=suite.mode, tasks={}, categories=categories,
                            overall=overall(categories), config={"tasks": []})
-    backend = open_backend(model, device=device, batch_tokens=suite.batch_tokens)
+    selected = REGISTRY.expand(suite.tasks)
+    backend = generator = judge = None
+    if any(t.output != "generate" for t in selected):
+        backend = open_backend(model, device=device, batch_tokens=suite.batch_tokens)
+    if any(t.output == "generate" for t in selected):
+        generator = open_generator(model, device)
+    if suite.judge:
+        judge = open_generator(suite.judge, device)
     return evaluate_backend(backend, model, suite.tasks, out=str(out), shots=suite.shots, limit=suite.limit,
                             mode=suite.mode, data_root=suite.data_root, progress=progress, log_to_mlflow=False,
-                            config=dict(device=device, batch_tokens=suite.batch_tokens))
+                            config=dict(device=device, batch_tokens=suite.batch_tokens, judge=suite.judge,
+                                        toxicity=suite.toxicity),
+                            generator=generator, judge=judge, toxicity=suite.toxicity)
 
 
 def load_model(model: str, device: str) -> Transformer:

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import random
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import torch
 
 from openhcx.eval import evaluate
-from openhcx.eval.backends import HFBackend, OpenAIBackend, Request, load_hf
+from openhcx.eval.backends import HFBackend, Request, load_hf
 from openhcx.eval.cache import Cache
 from openhcx.eval.harness import build_requests, evaluate_backend, prepare, run_task, sample_shots
 from openhcx.eval.tasks import REGISTRY, Item
+from openhcx.io import UserError
 
 
 @pytest.fixture(scope="module")
@@ -165,32 +164,9 @@ def test_evaluate_loads_an_hf_directory_and_logs_to_mlflow(tiny_ckpt, bench, tmp
     assert runs["metrics.kobest_boolq/acc"].iloc[0] == pytest.approx(res.tasks["kobest_boolq"].metrics["acc"])
 
 
-def test_openai_backend_generates_through_http():
-    seen = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((self.path, body))
-            reply = json.dumps({"choices": [{"text": " 42\n\nQuestion: next"}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *a):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        backend = OpenAIBackend(f"http://127.0.0.1:{server.server_port}", "m")
-        assert backend.generate(["Q: 6*7?\nA:"], 16, stop=("\n\n",)) == [" 42"]
-    finally:
-        server.shutdown()
-    path, body = seen[0]
-    assert path == "/v1/completions" and body["prompt"] == "Q: 6*7?\nA:" and body["stop"] == ["\n\n"]
-    assert body["temperature"] == 0.0 and body["max_tokens"] == 16
+def test_an_endpoint_is_refused_for_multiple_choice_scoring_before_any_request(tiny_ckpt, bench):
+    with pytest.raises(UserError, match="http://127.0.0.1:9/v1.*log-probabilities"):
+        evaluate("http://127.0.0.1:9/v1#m", ["kobest_boolq"], limit=2, data_root=bench, progress=False)
 
 
 @pytest.mark.slow
