@@ -8,6 +8,7 @@ function, imported only when its command runs.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from jsonargparse import CLI, set_parsing_settings
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(), file=sys.stdout if argv[:1] in ([], ["-h"], ["--help"]) else sys.stderr)
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     args = argv[len(name.split()):]
+    if not sys.stderr.isatty():  # a log file or CI: no progress bars from libraries (tqdm, transformers)
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if name in POSITIONAL and args[:1] and not args[0].startswith("-"):
         args = [POSITIONAL[name], *args]
     try:

@@ -151,7 +151,7 @@ def run_task(backend: Backend, task: Task, *, shots: int | None = None, limit: i
     cache = cache or Cache()
     keys = [request_key(backend.fingerprint, r.context, r.continuations) for r in flat]
     todo = [i for i, key in enumerate(keys) if cache.get(key) is None]
-    bar = tqdm(total=len(todo), desc=task.name, disable=not progress, unit="q")
+    bar = tqdm(total=len(todo), desc=task.name, disable=None if progress else True, unit="q")  # None: only on a terminal
     pending: dict[str, object] = {}
     for j, scores in backend.loglikelihood([flat[i] for i in todo]):
         pending[keys[todo[j]]] = scores
@@ -182,7 +182,7 @@ def generate_cached(generator: Generator, requests: list[GenRequest], cache: Cac
     requests = [replace(r, seed=request_seed(k)) for r, k in zip(requests, keys)]
     out: list[Result | None] = [cache.get(k) for k in keys]
     todo = [i for i, got in enumerate(out) if got is None]
-    bar = tqdm(total=len(todo), desc=desc, disable=not progress, unit="prompt")
+    bar = tqdm(total=len(todo), desc=desc, disable=None if progress else True, unit="prompt")
     pending: dict[str, object] = {}
     for j, result in generator.generate([requests[i] for i in todo]):
         out[todo[j]] = result

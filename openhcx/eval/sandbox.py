@@ -230,6 +230,8 @@ def run_many(sources: list[str], limits: Limits = Limits(), workers: int | None 
     python = python or interpreter()
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         futures = [pool.submit(_run, s, limits, python) for s in sources]
-        for _ in tqdm(as_completed(futures), total=len(futures), disable=not progress, desc="programs", unit="prog"):
+        bar = tqdm(as_completed(futures), total=len(futures), disable=None if progress else True,  # None: a terminal
+                   desc="programs", unit="prog")
+        for _ in bar:
             pass
         return [f.result() for f in futures]

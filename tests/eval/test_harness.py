@@ -191,7 +191,9 @@ def test_sigkilled_cli_run_resumes_from_its_cache(tiny_ckpt, bench, tmp_path):
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (out / "results.json").exists()
     before = cache.read_text().splitlines()
-    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0
+    assert "\r" not in rerun.stderr  # stderr is a pipe: no progress bars, ours or libraries'
     after = cache.read_text().splitlines()
     assert after[:len(before) - 1] == before[:-1]  # the cache was kept and appended to, not rebuilt
     clean = evaluate(str(tiny_ckpt), ["kobest_boolq"], limit=400, data_root=str(bench), batch_tokens=1024,
