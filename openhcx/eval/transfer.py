@@ -41,10 +41,15 @@ def split_by_language(path: str, languages: list[str], out: Path) -> dict[str, P
                 raise UserError(f"{path}:{n}: not a JSON conversation record") from None
             if lang in lines:
                 lines[lang].append(line if line.endswith("\n") else line + "\n")
+    return write_per_language(path, lines, out, "conversations")
+
+
+def write_per_language(path: str, lines: dict[str, list[str]], out: Path, what: str) -> dict[str, Path]:
+    """<out>/<stem>.<lang>.jsonl for each language's lines (atomically); a language without lines is an error."""
     files = {}
     for lang, rows in lines.items():
         if not rows:
-            raise UserError(f"{path}: no conversations in language {lang!r}")
+            raise UserError(f"{path}: no {what} in language {lang!r}")
         files[lang] = out / f"{Path(path).stem}.{lang}.jsonl"
         with atomic_file(files[lang], encoding="utf-8") as f:
             f.writelines(rows)
@@ -102,15 +107,8 @@ def split_heldout(path: str, languages: list[str], out: Path) -> dict[str, Path]
     records = read_heldout(path)  # validates every record, naming file and line
     with open(path, encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
-    files = {}
-    for lang in languages:
-        rows = [line for line, rec in zip(lines, records) if rec.lang == lang]
-        if not rows:
-            raise UserError(f"{path}: no held-out prompts in language {lang!r}")
-        files[lang] = out / f"{Path(path).stem}.{lang}.jsonl"
-        with atomic_file(files[lang], encoding="utf-8") as f:
-            f.writelines(rows)
-    return files
+    by_lang = {lang: [line for line, rec in zip(lines, records) if rec.lang == lang] for lang in languages}
+    return write_per_language(path, by_lang, out, "held-out prompts")
 
 
 def table(result: dict) -> str:
