@@ -288,12 +288,7 @@ def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int
     """
     if mode not in MODES:
         raise UserError(f"mode: {mode!r} is not one of {MODES}")
-    selected = REGISTRY.expand(tasks)  # unknown names fail before the model loads
-    backend = generator = None
-    if any(t.output != "generate" for t in selected):
-        backend = open_backend(model, dtype=dtype, device=device, batch_tokens=batch_tokens)
-    if any(t.output == "generate" for t in selected):
-        generator = open_generator(model, device, None if dtype == "auto" else dtype)
+    backend, generator = open_models(model, tasks, dtype=dtype, device=device, batch_tokens=batch_tokens)
     results = evaluate_backend(backend, model, tasks, out=out, shots=shots, limit=limit, mode=mode, seed=seed,
                                data_root=data_root, data=data, tracking_uri=tracking_uri, progress=progress,
                                config=dict(dtype=dtype, device=device, batch_tokens=batch_tokens, judge=judge,
@@ -303,6 +298,19 @@ def evaluate(model: str, tasks: list[str], *, out: str | None = None, shots: int
     if progress:
         print(results.summary())
     return results
+
+
+def open_models(model: str, tasks: list[str], *, dtype: str = "auto", device: str = "cpu",
+                batch_tokens: int = 4096) -> tuple[Backend | None, Generator | None]:
+    """What `tasks` need of `model`: a scoring backend for multiple-choice ones, a generator for generation ones.
+    Unknown task names fail here, before any model loads."""
+    selected = REGISTRY.expand(tasks)
+    backend = generator = None
+    if any(t.output != "generate" for t in selected):
+        backend = open_backend(model, dtype=dtype, device=device, batch_tokens=batch_tokens)
+    if any(t.output == "generate" for t in selected):
+        generator = open_generator(model, device, None if dtype == "auto" else dtype)
+    return backend, generator
 
 
 def evaluate_backend(backend: Backend | None, model: str, tasks: list[str], *, out: str | None = None,

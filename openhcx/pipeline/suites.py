@@ -39,10 +39,9 @@ import torch
 
 from openhcx.data.chat import render_prompt
 from openhcx.data.corpus import iter_documents
-from openhcx.eval.backends import open_backend
 from openhcx.eval.categories import category_scores, overall
 from openhcx.eval.generation import open_generator
-from openhcx.eval.harness import MODES, EvalResults, evaluate_backend
+from openhcx.eval.harness import MODES, EvalResults, evaluate_backend, open_models
 from openhcx.eval.tasks import REGISTRY
 from openhcx.io import UserError, require_file, write_json
 from openhcx.model.hf import load_checkpoint, read_config
@@ -166,14 +165,8 @@ def run_tasks(model: str, out: Path, suite: Suite, progress: bool, device: str) 
         categories = category_scores({})
         return EvalResults(model=model, mode=suite.mode, tasks={}, categories=categories,
                            overall=overall(categories), config={"tasks": []})
-    selected = REGISTRY.expand(suite.tasks)
-    backend = generator = judge = None
-    if any(t.output != "generate" for t in selected):
-        backend = open_backend(model, device=device, batch_tokens=suite.batch_tokens)
-    if any(t.output == "generate" for t in selected):
-        generator = open_generator(model, device)
-    if suite.judge:
-        judge = open_generator(suite.judge, device)
+    backend, generator = open_models(model, suite.tasks, device=device, batch_tokens=suite.batch_tokens)
+    judge = open_generator(suite.judge, device) if suite.judge else None
     return evaluate_backend(backend, model, suite.tasks, out=str(out), shots=suite.shots, limit=suite.limit,
                             mode=suite.mode, data_root=suite.data_root, progress=progress, log_to_mlflow=False,
                             config=dict(device=device, batch_tokens=suite.batch_tokens, judge=suite.judge,
