@@ -13,6 +13,7 @@ reads those for training).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,8 +80,55 @@ def openhcx_codec(directory: Path) -> TextCodec:
                      turn_end_ids=(tok.id(ENDOFTURN), eot), pad_id=tok.id(PAD), fim=fim, kind="openhcx")
 
 
+def template_ids(tok, messages: list[dict], special: re.Pattern | None) -> list[int]:
+    """The ids of `tok`'s chat template for `messages` (ending with the assistant's opening), where only the
+    template's own special tokens are special: "<|im_end|>" in a message stays text.
+
+    `special` matches the tokenizer's special token strings (None: it has none). Contents without any give the
+    ids of the rendered text, as transformers tokenizes it. Otherwise the template is rendered again with each
+    content replaced by a mark; the text between the template's own special tokens, with the contents put back
+    at their marks, is encoded with split_special_tokens. A template that changes contents (`| trim`,
+    `.split(...)`) cannot be cut this way: such messages are refused (UserError naming the first message that
+    holds a special token string).
+    """
+    def render(msgs: list[dict]) -> str:
+        return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+    def as_text(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    text = render(messages)
+    plain = tok(text, add_special_tokens=False)["input_ids"]
+    held = [(i, hit.group()) for i, m in enumerate(messages) if special and (hit := special.search(m["content"]))]
+    if not held:
+        return plain
+    contents = {str(i): m["content"] for i, m in enumerate(messages)}
+    marked = render([{**m, "content": f"\ue000{i}\ue001"} for i, m in enumerate(messages)])  # private-use marks
+    # Even pieces are the template's text, odd ones the index of the message whose content stands there.
+    pieces = re.split("\ue000(\\d+)\ue001", marked)
+    ids, run = [], ""
+    for k, piece in enumerate(pieces):
+        for j, part in enumerate([contents[piece]] if k % 2 else special.split(piece)):  # text, special, text, ...
+            if j % 2:
+                ids += as_text(run) + [tok.convert_tokens_to_ids(part)]
+                run = ""
+            else:
+                run += part
+    ids += as_text(run)
+    joined = "".join(contents[p] if k % 2 else p for k, p in enumerate(pieces))
+    if joined != text or tok.decode(ids) != tok.decode(plain):
+        i, token = held[0]
+        raise UserError(f"messages[{i}]: holds the special token {token!r}, which this chat template cannot keep "
+                        "as text (it changes message contents); remove it from the message")
+    return ids
+
+
 def transformers_codec(directory: Path, eos_ids: Sequence[int]) -> TextCodec:
-    """AutoTokenizer from the directory; `eos_ids` from config.json / generation_config.json."""
+    """AutoTokenizer from the directory; `eos_ids` from config.json / generation_config.json.
+
+    Text never becomes a special token: `encode` keeps special token strings as text (a BOS the tokenizer adds
+    is still added), and chat prompts hold special ids only where the template writes them (`template_ids`).
+    """
     from transformers import AutoTokenizer
 
     try:
@@ -88,6 +136,8 @@ def transformers_codec(directory: Path, eos_ids: Sequence[int]) -> TextCodec:
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{directory}: no tokenizer transformers can load ({e})") from e
     vocab = tok.get_vocab()
+    specials = sorted((t.content for t in tok.added_tokens_decoder.values() if t.special), key=len, reverse=True)
+    special = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
 
     def first_known(names: Iterable[str]) -> int | None:
         return next((vocab[n] for n in names if n in vocab), None)
@@ -95,8 +145,7 @@ def transformers_codec(directory: Path, eos_ids: Sequence[int]) -> TextCodec:
     def chat_prompt(messages: list[dict]) -> list[int]:
         if not tok.chat_template:
             raise UserError(f"{directory}: the tokenizer has no chat template (tokenizer_config.json chat_template)")
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return tok(text, add_special_tokens=False)["input_ids"]
+        return template_ids(tok, messages, special)
 
     ends = tuple(dict.fromkeys([*eos_ids, *([tok.eos_token_id] if tok.eos_token_id is not None else [])]))
     turn_end = first_known(END_OF_TURN_NAMES)
@@ -106,7 +155,7 @@ def transformers_codec(directory: Path, eos_ids: Sequence[int]) -> TextCodec:
         fim = FimTokens(sentinels["prefix"], sentinels["suffix"], sentinels["middle"], ends[0])
     pad = tok.pad_token_id if tok.pad_token_id is not None else (ends[0] if ends else 0)
     return TextCodec(
-        encode=lambda text: tok(text)["input_ids"],
+        encode=lambda text: tok(text, split_special_tokens=True)["input_ids"],
         decode=lambda ids: tok.decode(ids, skip_special_tokens=False),
         chat_prompt=chat_prompt, end_ids=ends,
         turn_end_ids=tuple(dict.fromkeys(([turn_end] if turn_end is not None else []) + list(ends))),
