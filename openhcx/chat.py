@@ -185,40 +185,56 @@ def load(model: str, device: str = "cpu", dtype: str | None = None) -> tuple[Tra
 
 
 @dataclass
-class Streamer:
-    """Writes one row's text as its tokens arrive.
+class TextStream:
+    """A completion's text as its tokens arrive, in pieces that never have to be taken back.
 
     Text is held back while it ends inside a UTF-8 character (decodes to U+FFFD) or could be the start of
-    a stop string, so nothing printed ever has to be taken back. Stop ids are never printed.
+    a stop string; stop ids give no text. The terminal front ends and the server stream through this.
     """
 
-    codec: TextCodec
-    out: TextIO
-    stop_ids: tuple[int, ...]
+    decode: Callable[[list[int]], str]
+    stop_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
     ids: list[int] = field(default_factory=list)
-    printed: str = ""
+    given: str = ""
 
-    def __call__(self, row: int, token: int) -> None:
+    def push(self, token: int) -> str:
+        """The new text that `token` makes safe to show ("" if none)."""
         if token in self.stop_ids:
-            return
+            return ""
         self.ids.append(token)
-        text = self.codec.decode(self.ids)
+        text = self.decode(self.ids)
         safe = len(text.rstrip("\ufffd"))
         hold = max((len(s) - 1 for s in self.stop_strings), default=0)
-        self._write(text[: min(safe, len(text) - hold)])
+        return self._give(text[: min(safe, len(text) - hold)])
+
+    def finish(self, final: str) -> str:
+        """What was held back of the completion's final text (cut at any stop string)."""
+        return self._give(final if final.startswith(self.given) else self.given)
+
+    def _give(self, text: str) -> str:
+        if len(text) > len(self.given) and text.startswith(self.given):
+            delta, self.given = text[len(self.given):], text
+            return delta
+        return ""
+
+
+class Streamer:
+    """Writes one row's text to a terminal as its tokens arrive (`on_token` of openhcx.model.generate)."""
+
+    def __init__(self, codec: TextCodec, out: TextIO, stop_ids: tuple[int, ...], stop_strings: tuple[str, ...] = ()):
+        self.text, self.out = TextStream(codec.decode, stop_ids, stop_strings), out
+
+    def __call__(self, row: int, token: int) -> None:
+        self._write(self.text.push(token))
 
     def finish(self, final: str) -> None:
-        """Print what was held back (the completion's text is cut at any stop string)."""
-        self._write(final if final.startswith(self.printed) else self.printed)
-        self.out.write("\n")
-        self.out.flush()
+        self._write(self.text.finish(final) + "\n")
 
     def _write(self, text: str) -> None:
-        if len(text) > len(self.printed) and text.startswith(self.printed):
-            self.out.write(text[len(self.printed):])
+        if text:
+            self.out.write(text)
             self.out.flush()
-            self.printed = text
 
 
 def generate(

@@ -32,6 +32,7 @@ COMMANDS = {
     "eval transfer": "openhcx.eval.transfer:transfer",
     "generate": "openhcx.chat:generate",
     "chat": "openhcx.chat:chat",
+    "serve": "openhcx.serve:serve",
     "import-hf": "openhcx.model.hf:import_hf",
     "export": "openhcx.model.hf:export",
     "report": "openhcx.pipeline.report:build_report",
@@ -39,7 +40,7 @@ COMMANDS = {
 
 
 # Commands whose one required argument may also be given bare: `openhcx status RUN`.
-POSITIONAL = {"status": "--run", "report": "--run"}
+POSITIONAL = {"status": "--run", "report": "--run", "serve": "--model"}
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)  # dataclass field docs show in --help
 

@@ -92,6 +92,59 @@ def tiny_lm(demo_tokenizer, tmp_path_factory) -> Path:
     return save_checkpoint(Transformer(config), config, path, demo_tokenizer, inputs={"tokenizer": str(demo_tokenizer)})
 
 
+def tiny_model(vocab_size: int, seed: int = 0):
+    """A random 2-layer model with weights 10x the default init, so greedy decoding does not collapse onto one token
+    and near-ties (where numerics could flip a greedy choice) are rare."""
+    import torch
+
+    from openhcx.model.transformer import Transformer, model_config
+
+    torch.manual_seed(seed)
+    config = model_config("tiny", vocab_size=vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
+                          max_seq_len=512, eos_token_id=0, pad_token_id=1)
+    net = Transformer(config)
+    net.init_weights(torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim == 2:
+                p.mul_(10)
+    return net.eval()
+
+
+CHAT_TEXTS = ["def add(a, b):\n    return a + b\n", "안녕하세요, 반갑습니다.", "The cat sat on the mat.",
+              "대한민국의 수도는 서울입니다.", "for i in range(10):\n    print(i)\n"] * 20
+
+
+@pytest.fixture
+def chat_texts() -> list[str]:
+    """The texts `chat_checkpoint`'s tokenizer was trained on."""
+    return CHAT_TEXTS
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(tmp_path_factory) -> Path:
+    """A random tiny model with a small OpenHCX tokenizer (specials at ids 0..31, FIM and chat tokens included),
+    as a HF directory: what the terminal front ends and the server load."""
+    from tokenizers import trainers
+
+    from openhcx.io import write_json
+    from openhcx.model.hf import save_checkpoint
+    from openhcx.tokenizer.tokenizer import SPECIAL_TOKENS
+    from openhcx.tokenizer.train import BYTE_ALPHABET, empty_tokenizer, tokenizer_config
+
+    tok_dir = tmp_path_factory.mktemp("chat-tok")
+    tok = empty_tokenizer()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS, initial_alphabet=BYTE_ALPHABET,
+                                  show_progress=False)
+    tok.train_from_iterator(CHAT_TEXTS, trainer=trainer)
+    tok.save(str(tok_dir / "tokenizer.json"))
+    write_json(tok_dir / "tokenizer_config.json", tokenizer_config(128, morpheme_aware=False))
+    net = tiny_model(tok.get_vocab_size())
+    out = tmp_path_factory.mktemp("chat-ckpt") / "model"
+    save_checkpoint(net, net.config, out, tokenizer_dir=tok_dir)
+    return out
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """A real PostgreSQL server for the whole session (tests/postgres.py); fails, not skips, when none can start."""

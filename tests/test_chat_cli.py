@@ -8,53 +8,23 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import trainers
 
 from openhcx.chat import fit_context, generate, load, run_chat, run_generate
 from openhcx.data.chat import Message, render_prompt
-from openhcx.io import UserError, write_json
+from openhcx.io import UserError
 from openhcx.model.generate import FimTokens, Sampling, infill
 from openhcx.model.generate import generate as library_generate
-from openhcx.model.hf import save_checkpoint
-from openhcx.model.transformer import Transformer, model_config
-from openhcx.tokenizer.tokenizer import SPECIAL_TOKENS, Tokenizer
-from openhcx.tokenizer.train import BYTE_ALPHABET, empty_tokenizer, tokenizer_config
+from openhcx.tokenizer.tokenizer import Tokenizer
+from openhcx.tokenizer.train import BYTE_ALPHABET, empty_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["def add(a, b):\n    return a + b\n", "안녕하세요, 반갑습니다.", "The cat sat on the mat.",
-         "대한민국의 수도는 서울입니다.", "for i in range(10):\n    print(i)\n"] * 20
-
-
-def tiny_model(vocab_size: int, seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    config = model_config("tiny", vocab_size=vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
-                          max_seq_len=512, eos_token_id=0, pad_token_id=1)
-    # Larger weights than the default init, so greedy decoding does not collapse onto one token.
-    net = Transformer(config)
-    net.init_weights(torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.ndim == 2:
-                p.mul_(10)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A random tiny model with a small OpenHCX tokenizer (specials at ids 0..31), as a HF directory."""
-    tok_dir = tmp_path_factory.mktemp("tok")
-    tok = empty_tokenizer()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS, initial_alphabet=BYTE_ALPHABET,
-                                  show_progress=False)
-    tok.train_from_iterator(TEXTS, trainer=trainer)
-    tok.save(str(tok_dir / "tokenizer.json"))
-    write_json(tok_dir / "tokenizer_config.json", tokenizer_config(128, morpheme_aware=False))
-    net = tiny_model(tok.get_vocab_size())
-    out = tmp_path_factory.mktemp("ckpt") / "model"
-    save_checkpoint(net, net.config, out, tokenizer_dir=tok_dir)
-    return out
+def checkpoint(chat_checkpoint) -> Path:
+    return chat_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +117,7 @@ def test_chat_over_piped_stdin_renders_each_turn_with_the_history(checkpoint, re
     assert done.stdout.splitlines()[0] == first_text
 
 
-def test_chat_with_a_system_message_and_a_transformers_tokenizer(tmp_path, checkpoint):
+def test_chat_with_a_system_message_and_a_transformers_tokenizer(tmp_path, checkpoint, chat_texts):
     """A tokenizer that is not ours (specials elsewhere) goes through AutoTokenizer and its chat template."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -155,13 +125,14 @@ def test_chat_with_a_system_message_and_a_transformers_tokenizer(tmp_path, check
     other = empty_tokenizer()
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>", "<|im_end|>"],
                                   initial_alphabet=BYTE_ALPHABET, show_progress=False)
-    other.train_from_iterator(TEXTS, trainer=trainer)
+    other.train_from_iterator(chat_texts, trainer=trainer)
     assert other.get_vocab_size() <= ours.get_vocab_size()
     template = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}<|im_end|>{% endfor %}"
                 "{% if add_generation_prompt %}<s>assistant: {% endif %}")
     PreTrainedTokenizerFast(tokenizer_object=other, eos_token="</s>", pad_token="</s>",
                             chat_template=template).save_pretrained(tmp_path)
-    for name in ("model.safetensors", "config.json", "generation_config.json"):
+    # Not generation_config.json: its stop ids (<|endofturn|> among them) are our tokenizer's, not this one's.
+    for name in ("model.safetensors", "config.json"):
         (tmp_path / name).write_bytes((checkpoint / name).read_bytes())
     net, codec = load(str(tmp_path))
     assert codec.kind == "transformers" and codec.turn_end_ids == (2, 0, 1)

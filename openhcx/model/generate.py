@@ -3,7 +3,7 @@
 Batched prompts are left-padded so that every row writes its next token into the same cache slot; RoPE
 positions count real tokens only, so a padded row decodes exactly as it would alone. Logit processing
 follows the order transformers uses: repetition penalty, temperature, top-k, top-p.
-Not a server: no continuous batching, beam search or speculative decoding (openhcx.serve owns serving).
+Not a server: no continuous batching (openhcx.serve.engine), beam search or speculative decoding.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def generate(
         if watch:
             for row, token in enumerate(chosen.tolist()):
                 if active[row]:
-                    active[row] = _append(out[row], row, token, sampling, decode, on_token)
+                    active[row] = record_token(out[row], row, token, sampling, decode, on_token)
             if not any(active):
                 break
             if not all(active):
@@ -203,8 +203,8 @@ def generate(
     return _finish(out, decode)
 
 
-def _append(done: Completion, row: int, token: int, sampling: Sampling, decode, on_token) -> bool:
-    """Record one token; False once the row has stopped."""
+def record_token(done: Completion, row: int, token: int, sampling: Sampling, decode, on_token) -> bool:
+    """Record one token; False once the row has stopped (a stop id, or a stop string: `text` is then cut)."""
     done.ids.append(token)
     if on_token is not None:
         on_token(row, token)
@@ -222,10 +222,15 @@ def _append(done: Completion, row: int, token: int, sampling: Sampling, decode, 
 def _finish(out: list[Completion], decode) -> list[Completion]:
     if decode is not None:
         for c in out:
-            if c.text is None:
-                stopped_by_id = c.finish_reason == "stop"
-                c.text = decode(c.ids[:-1] if stopped_by_id else c.ids)
+            finish_text(c, decode)
     return out
+
+
+def finish_text(c: Completion, decode) -> str:
+    """The completion's text, decoded once it is over: without its stop id, or as cut at a stop string."""
+    if c.text is None:
+        c.text = decode(c.ids[:-1] if c.finish_reason == "stop" else c.ids)
+    return c.text
 
 
 def psm_prompt(prefix: Sequence[int], suffix: Sequence[int], fim: FimTokens) -> list[int]:

@@ -205,6 +205,15 @@ class KVCache:
         # Optional copy of the output head laid out for decoding on CPU (`decoding_head`).
         self.head: Tensor | None = None
 
+    def rows(self, stop: int, start: int = 0, *, length: int, padded: bool) -> KVCache:
+        """Rows [start, stop) as a cache of their own that shares this one's storage, written from `length` on:
+        how a serving engine runs a step on its occupied rows only, or prefills newly admitted ones."""
+        view = object.__new__(KVCache)
+        view.k, view.v = [k[start:stop] for k in self.k], [v[start:stop] for v in self.v]
+        view.valid, view.real = self.valid[start:stop], self.real[start:stop]
+        view.max_len, view.length, view.padded, view.head = self.max_len, length, padded, self.head
+        return view
+
 
 def decoding_head(weight: Tensor, batch: int) -> Tensor:
     """A copy of the (vocab, dim) output head laid out for decoding `batch` rows a step on CPU.

@@ -1,0 +1,292 @@
+"""Continuous batching: one decoding loop that admits new requests into the running batch between steps.
+
+The engine owns one KV cache of `max_batch` rows. Occupied rows are always rows 0..n-1, and every step runs
+the model on those rows only (`KVCache.rows`). All rows end at one shared write offset, as in
+openhcx.model.generate's left-padded batches: a newly admitted prompt is written so that it ends where the
+others end (the slots before it marked unused), so a step feeds every row its last token in one (n, 1) pass.
+Between steps the loop
+- retires rows that finished or whose client went away, moving the last occupied row into the freed one;
+- admits waiting requests (several prompts prefill together in one left-padded pass, up to a token budget);
+- compacts the cache when the shared offset runs far past the longest row (one copy shifting every row left).
+RoPE positions count each row's own real tokens, so a request decodes as it would alone; with one request at a
+time its tokens equal openhcx.model.generate's exactly.
+
+Each request keeps its own sampling settings and random generator (seeded requests repeat whatever else runs)
+and gets its text through `on_event`, called on the engine's thread. Anything that produces token ids and
+consumes events can use it: the HTTP server here, and later PPO rollouts or the harness's generation tasks
+(docs/serve.md says what that takes).
+Not here: paged attention, prefix sharing, chunked prefill, speculative decoding (vLLM and SGLang have them).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from openhcx.chat import TextStream
+from openhcx.io import UserError
+from openhcx.model.generate import Completion, Sampling, argmax, finish_text, next_tokens, record_token
+from openhcx.model.transformer import KVCache, Transformer, decoding_head
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Event:
+    """What one step did for one request: new text, and on the last event why it ended."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None  # "stop", "length", or "error" (then `text` says why)
+
+
+@dataclass(eq=False)
+class Request:
+    """One sequence to decode: prompt ids, its sampling settings, and where its events go."""
+
+    prompt: list[int]
+    sampling: Sampling
+    on_event: Callable[[Event], None]
+    cancelled: bool = False
+    completion: Completion = field(default_factory=lambda: Completion([], None, "length"))
+    generator: torch.Generator | None = None
+    seen: torch.Tensor | None = None  # tokens so far, for a repetition penalty
+    text: TextStream | None = None
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        """Free the request's row at the next step (a client that went away)."""
+        self.cancelled = True
+
+    @property
+    def greedy(self) -> bool:
+        return self.sampling.temperature == 0 and self.sampling.repetition_penalty == 1.0
+
+
+class Engine:
+    """Decodes every submitted request in one batch that grows and shrinks between steps.
+
+    max_batch: rows decoded together (the KV cache holds this many sequences).
+    max_context: tokens per sequence, prompt plus completion (default: the model's max_seq_len).
+    prefill_tokens: most prompt tokens (padded) prefilled between two decoding steps; a longer prompt goes alone.
+    """
+
+    def __init__(self, model: Transformer, decode: Callable[[list[int]], str], *, max_batch: int = 16,
+                 max_context: int | None = None, prefill_tokens: int = 8192, pad_id: int = 0):
+        config = model.config
+        if config.head != "lm":
+            raise UserError("serving needs a language-model head, not a scalar head")
+        if max_batch < 1:
+            raise UserError(f"max_batch={max_batch}: at least 1")
+        self.max_context = min(max_context or config.max_seq_len, config.max_seq_len)
+        if self.max_context < 2:
+            raise UserError(f"max_context={max_context}: at least 2 tokens")
+        self.model, self.decode, self.max_batch = model, decode, max_batch
+        self.prefill_tokens, self.pad_id = prefill_tokens, pad_id
+        weight = model.lm_head.weight
+        self.device, dtype = weight.device, weight.dtype
+        self.cache = KVCache(config, max_batch, self.max_context, self.device, dtype)
+        # As generate() does: the head laid out for few-row products on CPU; one row has its own layout there.
+        self.heads = {}
+        if self.device.type == "cpu":
+            self.heads = {1: decoding_head(weight, 1), max_batch: decoding_head(weight, max_batch)}
+        self.rows: list[Request] = []  # occupied cache rows, in order
+        self.length = 0  # the shared write offset: every row's tokens end here
+        self.waiting: deque[Request] = deque()
+        self.inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self.counters = {"steps": 0, "prefills": 0, "generated_tokens": 0, "compactions": 0, "errors": 0}
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="openhcx-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.cache.k, *self.cache.v))
+
+    def submit(self, prompt: list[int], sampling: Sampling, on_event: Callable[[Event], None]) -> Request:
+        """Queue a prompt; `on_event` gets its text as it comes, ending with an event that has a finish_reason."""
+        if not prompt:
+            raise UserError("the prompt encodes to no tokens")
+        if len(prompt) >= self.max_context:
+            raise UserError(f"the prompt has {len(prompt)} tokens; this server's context is {self.max_context}, "
+                            "prompt and completion together")
+        if sampling.max_new_tokens < 1:
+            raise UserError("max_tokens: at least 1")
+        if self._closed:
+            raise UserError("the engine is shut down")
+        seed = sampling.seed if sampling.seed is not None else secrets.randbits(62)
+        request = Request(list(prompt), sampling, on_event,
+                          generator=None if sampling.temperature == 0 else torch.Generator().manual_seed(seed),
+                          text=TextStream(self.decode, sampling.stop_ids, sampling.stop_strings))
+        self.inbox.put(request)
+        return request
+
+    def stats(self) -> dict:
+        """Occupied rows, queued requests, the shared offset and the counters: what /health reports."""
+        return {"running": len(self.rows), "waiting": len(self.waiting) + self.inbox.qsize(),
+                "max_batch": self.max_batch, "cache_offset": self.length, **self.counters}
+
+    def close(self, timeout: float = 10) -> None:
+        self._closed = True
+        self.inbox.put(None)
+        self._thread.join(timeout)
+
+    # ---- the loop (engine thread) -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while not self._closed:
+                self._take(block=not self.rows and not self.waiting)
+                try:
+                    self._retire()
+                    self._admit()
+                    if self.rows:
+                        self._step()
+                except Exception as e:  # a failed step fails its requests, never the server
+                    log.exception("decoding step failed")
+                    self.counters["errors"] += 1
+                    for request in [*self.rows]:
+                        request.on_event(Event(f"decoding failed: {type(e).__name__}: {e}",
+                                               len(request.completion.ids), "error"))
+                    self.rows, self.length = [], 0
+        for request in [*self.rows, *self.waiting]:
+            request.on_event(Event("the server is shutting down", len(request.completion.ids), "error"))
+
+    def _take(self, block: bool) -> None:
+        while True:
+            try:
+                request = self.inbox.get(block=block)
+            except queue.Empty:
+                return
+            if request is None:
+                return
+            self.waiting.append(request)
+            block = False
+
+    def _retire(self) -> None:
+        """Free the rows of cancelled requests (finished ones leave in `_emit`)."""
+        for i in reversed(range(len(self.rows))):
+            if self.rows[i].cancelled:
+                self._free(i)
+        if any(r.cancelled for r in self.waiting):
+            self.waiting = deque(r for r in self.waiting if not r.cancelled)
+
+    def _free(self, i: int) -> None:
+        last = len(self.rows) - 1
+        if i != last:  # the last occupied row moves into the freed one: occupied rows stay 0..n-1
+            c, used = self.cache, self.length
+            for t in (*c.k, *c.v):
+                t[i, :, :used] = t[last, :, :used]
+            c.valid[i, :used], c.real[i] = c.valid[last, :used], c.real[last]
+            self.rows[i] = self.rows[last]
+        self.rows.pop()
+        if not self.rows:
+            self.length = 0
+
+    def _admit(self) -> None:
+        group: list[Request] = []
+        while self.waiting and len(self.rows) + len(group) < self.max_batch:
+            width = max(len(r.prompt) for r in [*group, self.waiting[0]])
+            if group and width * (len(group) + 1) > self.prefill_tokens:
+                break
+            group.append(self.waiting.popleft())
+        if not group:
+            return
+        width = max(len(r.prompt) for r in group)
+        if width > self.length:  # shift the running rows right so the new prompts end where they end
+            self._shift(0, width - self.length, self.length)
+            self.length = width
+        n, k, start = len(self.rows), len(group), self.length - width
+        c = self.cache
+        ids = torch.full((k, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(k, width, dtype=torch.bool)
+        for row, r in enumerate(group):
+            ids[row, width - len(r.prompt):] = torch.tensor(r.prompt)
+            mask[row, width - len(r.prompt):] = True
+        c.valid[n:n + k, :start] = False
+        c.real[n:n + k] = 0
+        view = c.rows(n + k, n, length=start, padded=start > 0 or not bool(mask.all()))
+        view.head = self.heads.get(1 if k == 1 else self.max_batch)
+        logits = self.model(ids.to(self.device), attn_mask=mask.to(self.device), cache=view, last_only=True)[:, -1]
+        self.rows += group
+        self.counters["prefills"] += 1
+        for r in group:
+            if r.seen is None and r.sampling.repetition_penalty != 1.0:
+                r.seen = torch.zeros(1, self.model.config.vocab_size, dtype=torch.bool, device=self.device)
+                r.seen[0, torch.tensor(r.prompt, device=self.device)] = True
+        self._emit(list(range(n, n + k)), logits)
+
+    def _step(self) -> None:
+        n = len(self.rows)
+        if self.length >= self.max_context or 2 * self._longest() < self.length:
+            self._compact()
+        c = self.cache
+        c.valid[:n, self.length] = True  # the slot this step writes (it may hold a flag from an earlier row)
+        feed = torch.tensor([r.completion.ids[-1] for r in self.rows], device=self.device)[:, None]
+        view = c.rows(n, length=self.length, padded=not bool(c.valid[:n, :self.length].all()))
+        view.head = self.heads.get(1 if n == 1 else self.max_batch)
+        logits = self.model(feed, cache=view, last_only=True)[:, -1]
+        self.length += 1
+        self.counters["steps"] += 1
+        self._emit(list(range(n)), logits)
+
+    def _longest(self) -> int:
+        """Cached tokens of the longest row: its prompt and every token fed back so far."""
+        return max(len(r.prompt) + len(r.completion.ids) - 1 for r in self.rows)
+
+    def _compact(self) -> None:
+        keep = self._longest()
+        self._shift(self.length - keep, 0, keep)
+        self.length = keep
+        self.counters["compactions"] += 1
+
+    def _shift(self, src: int, dst: int, count: int) -> None:
+        """Move slots [src, src+count) of every occupied row to [dst, dst+count); slots before dst become unused."""
+        n, c = len(self.rows), self.cache
+        if n == 0 or count == 0:
+            return
+        for t in (*c.k, *c.v):
+            t[:n, :, dst:dst + count] = t[:n, :, src:src + count].clone()
+        c.valid[:n, dst:dst + count] = c.valid[:n, src:src + count].clone()
+        c.valid[:n, :dst] = False
+
+    def _emit(self, rows: list[int], logits: torch.Tensor) -> None:
+        """Choose each row's next token, send its text, and retire the rows that ended."""
+        chosen: dict[int, int] = {}
+        greedy = [i for i in rows if self.rows[i].greedy]
+        if greedy:
+            picked = argmax(logits[[i - rows[0] for i in greedy]])
+            chosen.update(zip(greedy, picked.tolist()))
+        for i in rows:
+            r = self.rows[i]
+            if not r.greedy:
+                token = next_tokens(logits[i - rows[0]][None], r.seen, r.sampling, r.generator)
+                if r.seen is not None:
+                    r.seen[0, token] = True
+                chosen[i] = int(token[0])
+        ended = []
+        for i in rows:
+            r, token = self.rows[i], chosen[i]
+            going = record_token(r.completion, i, token, r.sampling, self.decode, None)
+            done = r.completion.ids
+            if going and (len(done) >= r.sampling.max_new_tokens or len(r.prompt) + len(done) >= self.max_context):
+                going = False  # finish_reason stays "length"
+            if going:
+                delta = r.text.push(token)
+                if delta:
+                    r.on_event(Event(delta, len(done)))
+            else:  # the rest of the final text (cut before a stop string, without a stop id)
+                final = finish_text(r.completion, self.decode)
+                r.on_event(Event(r.text.finish(final), len(done), r.completion.finish_reason))
+                ended.append(i)
+        self.counters["generated_tokens"] += len(rows)
+        for i in reversed(ended):
+            self._free(i)
