@@ -18,10 +18,14 @@ from openhcx.io import UserError
 from openhcx.model.transformer import KVCache, Transformer, decoding_head
 
 
+# Temperatures this small divide logits into overflow; they mean greedy decoding, as in vLLM.
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class Sampling:
     max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 means greedy (argmax), whatever top_k / top_p say
+    temperature: float = 0.0  # below GREEDY_BELOW (0 included) means greedy (argmax), whatever top_k / top_p say
     top_k: int = 0  # 0 keeps every token
     top_p: float = 1.0
     repetition_penalty: float = 1.0  # >1 discourages tokens already in the prompt or the completion
@@ -40,6 +44,10 @@ class Sampling:
         for key, ok in checks.items():
             if not ok:
                 raise UserError(f"sampling.{key}={getattr(self, key)!r} is out of range")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
         if any(not s for s in self.stop_strings):
             raise UserError("sampling.stop_strings: an empty stop string would stop at once")
 
@@ -106,10 +114,10 @@ def argmax(logits: Tensor, block: int = 128) -> Tensor:
 def next_tokens(logits: Tensor, seen: Tensor | None, sampling: Sampling,
                 generator: torch.Generator | None) -> Tensor:
     """Chosen ids (B,); `seen` (B, V) marks tokens already in each row, needed only for a repetition penalty."""
-    if sampling.temperature == 0 and sampling.repetition_penalty == 1.0:
+    if sampling.greedy and sampling.repetition_penalty == 1.0:
         return argmax(logits)  # casting to fp32 first would pick the same id
     logits = penalize_repetition(logits.float(), seen, sampling.repetition_penalty)
-    if sampling.temperature == 0:
+    if sampling.greedy:
         return argmax(logits)
     return torch.multinomial(sampling_probs(logits, sampling), 1, generator=generator).squeeze(-1)
 

@@ -41,7 +41,11 @@ PACKAGE = "package:"
 
 
 def hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
-    """config.json content: LlamaConfig fields, readable by transformers 4.x (rope_theta) and 5.x."""
+    """config.json content: LlamaConfig fields, readable by transformers 4.x (rope_theta, torch_dtype) and 5.x.
+
+    transformers before 4.56 reads only `torch_dtype`; serving engines built on it (SGLang, older vLLM) then
+    see no dtype, take the model for float32 and serve it in float16.
+    """
     scalar = config.head == "scalar"
     out = {
         "architectures": [ARCHITECTURES[config.head]],
@@ -67,6 +71,7 @@ def hf_config(config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
         "eos_token_id": config.eos_token_id,
         "pad_token_id": config.pad_token_id,
         "dtype": str(dtype).removeprefix("torch."),
+        "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
     }
     if scalar:
@@ -131,6 +136,39 @@ def copy_tokenizer(tokenizer_dir: str | Path, directory: Path) -> list[str]:
     return found
 
 
+def end_of_turn_id(directory: Path) -> int | None:
+    """The id of `<|endofturn|>` among the added tokens of directory/tokenizer.json, if it has one."""
+    try:
+        tokenizer = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+        return next((t["id"] for t in tokenizer.get("added_tokens", []) if t.get("content") == ENDOFTURN), None)
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+
+
+def generation_config(config: ModelConfig, directory: Path) -> dict:
+    """generation_config.json: where generation stops. With our chat tokens, `eos_token_id` is a list holding
+    the end-of-text id and `<|endofturn|>`, so a serving engine ends a chat reply where `openhcx chat` does
+    (vLLM and SGLang add every listed id to their stop ids; TGI replaces the tokenizer's eos by the list, and
+    only when it is a list)."""
+    out = {k: getattr(config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    turn_end = end_of_turn_id(directory)
+    if turn_end is not None and turn_end != config.eos_token_id:
+        out["eos_token_id"] = [i for i in (config.eos_token_id, turn_end) if i is not None]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def set_model_max_length(directory: Path, length: int) -> None:
+    """Record the model's context as tokenizer_config.json's `model_max_length`: vLLM serves at most the
+    smaller of it and config.json's max_position_embeddings, and refuses a longer --max-model-len."""
+    file = directory / "tokenizer_config.json"
+    try:
+        tokenizer_config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(tokenizer_config, dict) and tokenizer_config.get("model_max_length") != length:
+        write_json(file, tokenizer_config | {"model_max_length": length})
+
+
 def write_checkpoint(model: Transformer | dict[str, Tensor], config: ModelConfig, directory: str | Path,
                      tokenizer_dir: str | Path | None = None) -> None:
     """Write the HF files into an existing directory (a trainer adds its state beside them, atomically)."""
@@ -139,10 +177,10 @@ def write_checkpoint(model: Transformer | dict[str, Tensor], config: ModelConfig
     dtype = next(iter(weights.values())).dtype
     save_file(weights, str(directory / WEIGHTS), metadata={"format": "pt"})
     write_json(directory / "config.json", hf_config(config, dtype))
-    generation = {k: getattr(config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    write_json(directory / "generation_config.json", {k: v for k, v in generation.items() if v is not None})
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, directory)
+        set_model_max_length(directory, config.max_seq_len)
+    write_json(directory / "generation_config.json", generation_config(config, directory))
 
 
 def save_checkpoint(model: Transformer | dict[str, Tensor], config: ModelConfig, path: str | Path,

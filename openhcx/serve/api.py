@@ -92,7 +92,7 @@ class Common(Strict):
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
     top_k: Annotated[int, Field(ge=0)] = 0  # 0 keeps every token (an extension, as in vLLM)
-    repetition_penalty: Annotated[float, Field(gt=0, le=10)] = 1.0  # an extension, as in vLLM
+    repetition_penalty: Annotated[float, Field(ge=0.01, le=10)] = 1.0  # an extension, as in vLLM
     n: Annotated[int, Field(ge=1)] = 1
     stop: Stop = None
     seed: int | None = None

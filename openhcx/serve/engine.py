@@ -68,7 +68,7 @@ class Request:
 
     @property
     def greedy(self) -> bool:
-        return self.sampling.temperature == 0 and self.sampling.repetition_penalty == 1.0
+        return self.sampling.greedy and self.sampling.repetition_penalty == 1.0
 
 
 class Engine:
@@ -124,7 +124,7 @@ class Engine:
             raise UserError("the engine is shut down")
         seed = sampling.seed if sampling.seed is not None else secrets.randbits(62)
         request = Request(list(prompt), sampling, on_event,
-                          generator=None if sampling.temperature == 0 else torch.Generator().manual_seed(seed),
+                          generator=None if sampling.greedy else torch.Generator().manual_seed(seed),
                           text=TextStream(self.decode, sampling.stop_ids, sampling.stop_strings))
         self.inbox.put(request)
         return request
