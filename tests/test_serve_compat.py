@@ -83,7 +83,7 @@ SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 def tensors(directory: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """name -> (dtype as config.json spells it, shape), read from the header only."""
     with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
-        assert f.metadata() == {"format": "pt"}  # transformers refuses a safetensors file without it
+        assert f.metadata() == {"format": "pt"}  # transformers 4.x refuses a file tagged with another format
         return {name: (SAFETENSORS_DTYPES[f.get_slice(name).get_dtype()], tuple(f.get_slice(name).get_shape()))
                 for name in f.keys()}
 

@@ -24,7 +24,7 @@ from typing import Annotated, Any, AsyncIterator, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -247,6 +247,8 @@ def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits 
         finally:
             watcher.cancel()
             release()
+        if any(reason == "cancelled" for _, reason, _ in results):
+            return Response(status_code=499)  # the client went away; nobody reads this
         failed = next((text for text, reason, _ in results if reason == "error"), None)
         if failed is not None:
             raise APIError(500, failed, type="server_error")

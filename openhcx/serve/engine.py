@@ -45,7 +45,7 @@ class Event:
 
     text: str
     completion_tokens: int
-    finish_reason: str | None = None  # "stop", "length", or "error" (then `text` says why)
+    finish_reason: str | None = None  # "stop", "length", "cancelled", or "error" (then `text` says why)
 
 
 @dataclass(eq=False)
@@ -172,12 +172,20 @@ class Engine:
             block = False
 
     def _retire(self) -> None:
-        """Free the rows of cancelled requests (finished ones leave in `_emit`)."""
+        """Free the rows of cancelled requests (finished ones leave in `_emit`); each gets a last event."""
         for i in reversed(range(len(self.rows))):
             if self.rows[i].cancelled:
+                self._cancelled(self.rows[i])
                 self._free(i)
         if any(r.cancelled for r in self.waiting):
+            for r in self.waiting:
+                if r.cancelled:
+                    self._cancelled(r)
             self.waiting = deque(r for r in self.waiting if not r.cancelled)
+
+    @staticmethod
+    def _cancelled(request: Request) -> None:
+        request.on_event(Event("", len(request.completion.ids), "cancelled"))
 
     def _free(self, i: int) -> None:
         last = len(self.rows) - 1
