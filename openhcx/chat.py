@@ -311,7 +311,8 @@ class Turn:
 
 
 def chat(
-    model: str,
+    model: str | None = None,
+    server: str | None = None,
     system: str | None = None,
     max_new_tokens: int = 256,
     temperature: float = 0.7,
@@ -323,12 +324,16 @@ def chat(
     device: str = "cpu",
     dtype: str | None = None,
 ) -> None:
-    """Talk to a checkpoint: each line read from stdin is a user turn, each reply streams back.
+    """Talk to a checkpoint, or to a model behind an OpenAI-compatible server: each line read from stdin is a user
+    turn, each reply streams back.
 
     `/reset` starts a new conversation, `/exit` (or end of input) quits. Works with piped input too.
 
     Args:
-        model: Checkpoint directory (ours, or any HF Llama directory with safetensors and a tokenizer).
+        model: Checkpoint directory (ours, or any HF Llama directory with safetensors and a tokenizer); with
+            `server`, the served model's name (default: the first the server lists).
+        server: Base URL of an OpenAI-compatible server (`openhcx serve`, vLLM, ...), e.g. http://127.0.0.1:8000;
+            its API key from $OPENAI_API_KEY.
         system: System message; default: the tokenizer's chat template default (ours: the Korean preamble).
         max_new_tokens: Most tokens per reply.
         temperature: 0 decodes greedily; above 0 samples.
@@ -336,27 +341,35 @@ def chat(
         top_p: Sample from the smallest set of tokens whose probability reaches top_p.
         repetition_penalty: Above 1 discourages repeating tokens.
         seed: Seed for sampling: the same seed and input give the same conversation.
-        show_prompt: Write each turn's prompt token ids and reply ids to stderr as one JSON line.
+        show_prompt: Write each turn's prompt token ids and reply ids to stderr as one JSON line (local only).
         device: Torch device, e.g. cpu or cuda.
         dtype: Weight dtype (float32, bfloat16, float16); default: as saved.
     """
-    net, codec = load(model, device, dtype)
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed)
     tty = sys.stdin.isatty()
+    if server is None and model is None:
+        raise UserError("model: give a checkpoint directory (or --server URL)")
     if tty:
         print("/reset starts over, /exit quits", file=sys.stderr)
-    run_chat(net, codec, sys.stdin, sys.stdout, sampling, system, prompt_mark="> " if tty else "",
-             log=sys.stderr if show_prompt else None)
+    mark = "> " if tty else ""
+    if server is not None:
+        run_remote_chat(server, model, sys.stdin, sys.stdout, sampling, system, prompt_mark=mark)
+    else:
+        net, codec = load(model, device, dtype)
+        run_chat(net, codec, sys.stdin, sys.stdout, sampling, system, prompt_mark=mark,
+                 log=sys.stderr if show_prompt else None)
 
 
-def run_chat(net: Transformer, codec: TextCodec, lines: Iterable[str], out: TextIO, sampling: Sampling,
-             system: str | None = None, prompt_mark: str = "", log: TextIO | None = None) -> list[Turn]:
-    """The chat loop over any line source; returns the turns it ran."""
-    sampling = replace(sampling, stop_ids=codec.turn_end_ids)
+Reply = Callable[[list[dict]], "str | None"]
+"""history (ending with a user turn) -> the streamed reply's text, or None when it does not fit the context
+(after dropping what it may of the history, in place)."""
+
+
+def chat_loop(lines: Iterable[str], out: TextIO, reply: Reply, system: str | None, prompt_mark: str) -> None:
+    """Read user turns, answer each with `reply`, keep the history; `/reset` and `/exit` are commands."""
     start = [{"role": "system", "content": system}] if system is not None else []
-    history, turns = list(start), []
-    reserve = min(sampling.max_new_tokens, net.config.max_seq_len // 4)
+    history = list(start)
     out.write(prompt_mark)
     out.flush()
     for line in lines:
@@ -368,23 +381,85 @@ def run_chat(net: Transformer, codec: TextCodec, lines: Iterable[str], out: Text
             out.write("(new conversation)\n")
         elif text.strip():
             history.append({"role": "user", "content": text})
-            ids = fit_context(codec, history, net.config.max_seq_len - reserve, len(start))
-            if ids is None:
+            answer = reply(history)
+            if answer is None:
                 history.pop()
-                out.write(f"(message too long for the {net.config.max_seq_len}-token context)\n")
             else:
-                streamer = Streamer(codec, out, sampling.stop_ids)
-                reply = decode_ids(net, [ids], sampling, decode=codec.decode, on_token=streamer,
-                                   pad_id=codec.pad_id)[0]
-                streamer.finish(reply.text)
-                history.append({"role": "assistant", "content": reply.text})
-                turns.append(Turn(ids, reply))
-                if log is not None:
-                    log.write(json.dumps({"prompt_ids": ids, "reply_ids": reply.ids}) + "\n")
-                    log.flush()
+                history.append({"role": "assistant", "content": answer})
         out.write(prompt_mark)
         out.flush()
+
+
+def run_chat(net: Transformer, codec: TextCodec, lines: Iterable[str], out: TextIO, sampling: Sampling,
+             system: str | None = None, prompt_mark: str = "", log: TextIO | None = None) -> list[Turn]:
+    """The chat loop over any line source, decoding locally; returns the turns it ran."""
+    sampling = replace(sampling, stop_ids=codec.turn_end_ids)
+    keep = int(system is not None)
+    reserve = min(sampling.max_new_tokens, net.config.max_seq_len // 4)
+    turns = []
+
+    def reply(history: list[dict]) -> str | None:
+        ids = fit_context(codec, history, net.config.max_seq_len - reserve, keep)
+        if ids is None:
+            out.write(f"(message too long for the {net.config.max_seq_len}-token context)\n")
+            return None
+        streamer = Streamer(codec, out, sampling.stop_ids)
+        done = decode_ids(net, [ids], sampling, decode=codec.decode, on_token=streamer, pad_id=codec.pad_id)[0]
+        streamer.finish(done.text)
+        turns.append(Turn(ids, done))
+        if log is not None:
+            log.write(json.dumps({"prompt_ids": ids, "reply_ids": done.ids}) + "\n")
+            log.flush()
+        return done.text
+
+    chat_loop(lines, out, reply, system, prompt_mark)
     return turns
+
+
+def run_remote_chat(server: str, model: str | None, lines: Iterable[str], out: TextIO, sampling: Sampling,
+                    system: str | None = None, prompt_mark: str = "", api_key: str | None = None) -> None:
+    """The chat loop against an OpenAI-compatible server, streaming each reply; a history the server finds too long
+    for its context loses its oldest exchanges first, as locally."""
+    import os
+
+    import openai
+
+    client = openai.OpenAI(base_url=server.rstrip("/") + "/v1", max_retries=1,
+                           api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none")
+    try:
+        name = model or client.models.list().data[0].id
+    except (openai.OpenAIError, IndexError) as e:
+        raise UserError(f"{server}: cannot list its models ({e})") from e
+    extra = {k: v for k, v in (("top_k", sampling.top_k), ("repetition_penalty", sampling.repetition_penalty))
+             if v != Sampling.__dataclass_fields__[k].default}  # extensions vLLM and openhcx serve accept
+    keep = int(system is not None)
+
+    def reply(history: list[dict]) -> str | None:
+        while True:
+            try:
+                stream = client.chat.completions.create(
+                    model=name, messages=history, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                    top_p=sampling.top_p, seed=sampling.seed, stream=True, extra_body=extra or None)
+                parts = []
+                for chunk in stream:
+                    piece = chunk.choices[0].delta.content if chunk.choices else None
+                    if piece:
+                        out.write(piece)
+                        out.flush()
+                        parts.append(piece)
+                out.write("\n")
+                return "".join(parts)
+            except openai.BadRequestError as e:
+                if getattr(e, "code", None) != "context_length_exceeded":
+                    raise UserError(f"{server}: {e.message}") from e
+                if len(history) - keep <= 1:
+                    out.write("(message too long for the server's context)\n")
+                    return None
+                del history[keep:keep + 2]
+            except openai.OpenAIError as e:
+                raise UserError(f"{server}: {e}") from e
+
+    chat_loop(lines, out, reply, system, prompt_mark)
 
 
 def fit_context(codec: TextCodec, history: list[dict], limit: int, keep: int) -> list[int] | None:

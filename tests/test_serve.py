@@ -291,3 +291,60 @@ def test_a_disconnect_storm_leaks_no_row_or_request(server, client, local):
     want = run_generate(net, codec, ["The cat sat"], Sampling(max_new_tokens=20), None, StringIO())[0]
     assert client.completions.create(model=name, prompt="The cat sat", max_tokens=20,
                                      temperature=0).choices[0].text == want.text
+
+
+def test_the_cli_serves_and_chat_and_the_harness_talk_to_it(chat_checkpoint, local, tmp_path):
+    """`openhcx serve` as users start it; `openhcx chat --server` and the harness's OpenAI-compatible generator
+    get from it what they get from the checkpoint itself."""
+    import socket
+    import subprocess
+    import sys
+
+    from openhcx.chat import run_chat
+    from openhcx.eval.generation import GenRequest, LocalGenerator, open_generator
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    cli = [sys.executable, "-m", "openhcx.cli"]
+    server = subprocess.Popen([*cli, "serve", str(chat_checkpoint), "--port", str(port), "--served_model_name", "tiny",
+                               "--log_level", "warning"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+                time.sleep(0.2)
+        lines = "안녕하세요\nThe cat sat?\n/reset\ndef add\n"
+        done = subprocess.run([*cli, "chat", "--server", url, "--temperature", "0", "--repetition_penalty", "1.0",
+                               "--max_new_tokens", "12"], input=lines, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        net, codec = local
+        want = StringIO()
+        run_chat(net, codec, lines.splitlines(keepends=True), want,
+                 Sampling(max_new_tokens=12, repetition_penalty=1.0))
+        assert done.stdout == want.getvalue()
+        requests = [GenRequest(p, max_new_tokens=16) for p in PROMPTS[:4]]
+        requests += [GenRequest((("user", "안녕하세요"),), max_new_tokens=16, stop=("요",))]
+        remote = dict(open_generator(f"{url}#tiny").generate(requests))
+        assert remote == dict(LocalGenerator(chat_checkpoint).generate(requests))
+    finally:
+        server.terminate()
+        server.wait(30)
+    log = server.stderr.read()  # uvicorn shuts down, then re-raises SIGTERM: the exit status is -15
+    assert "serving 'tiny'" in log and "Traceback" not in log, log
+
+
+def test_remote_chat_drops_the_oldest_exchanges_when_the_server_says_too_long(chat_checkpoint):
+    from openhcx.chat import run_remote_chat
+
+    with serving(chat_checkpoint, max_context=48) as (url, _, name):
+        out = StringIO()
+        lines = ["The cat sat on the mat. " * 2, "안녕하세요, 반갑습니다. " * 2, "대한민국의 수도는?", "x" * 400]
+        run_remote_chat(url, name, lines, out, Sampling(max_new_tokens=8, temperature=0.0))
+        replies = out.getvalue().splitlines()
+        assert len(replies) == 4 and replies[-1] == "(message too long for the server's context)"

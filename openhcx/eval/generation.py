@@ -141,8 +141,11 @@ class OpenAIGenerator:
     def _one(self, req: GenRequest) -> Result:
         import openai
 
-        args = dict(model=self.model, max_tokens=req.max_new_tokens, temperature=req.temperature, top_p=req.top_p,
-                    n=req.n, seed=req.seed, stop=list(req.stop[:4]) or None)  # the API takes at most 4 stops
+        # The API takes at most 4 stops; top_p=1 is the default and is left out (TGI refuses it).
+        args = dict(model=self.model, max_tokens=req.max_new_tokens, temperature=req.temperature,
+                    n=req.n, seed=req.seed, stop=list(req.stop[:4]) or None)
+        if req.top_p < 1:
+            args["top_p"] = req.top_p
         try:
             if isinstance(req.prompt, str):
                 reply = self.client.completions.create(prompt=req.prompt, **args)
