@@ -19,8 +19,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def open_server(model: str, *, served_model_name: str | None = None, api_key: str | None = None,
                 max_batch: int = 16, max_context: int | None = None, max_tokens: int = 2048, max_n: int = 8,
                 max_concurrent: int = 64, max_body_bytes: int = 1 << 20, device: str = "cpu",
-                dtype: str | None = None):
-    """(ASGI app, engine, served name) for a checkpoint directory: what `serve` runs, and what tests start."""
+                dtype: str | None = None, background: bool = True):
+    """(ASGI app, engine, served name) for a checkpoint directory: what `serve` runs, and what tests start.
+    With `background`, the engine decodes in a thread of its own; otherwise the caller runs `engine.run()`."""
     from openhcx.chat import load
     from openhcx.serve.api import Limits, body_limit, build_app
     from openhcx.serve.engine import Engine
@@ -30,7 +31,9 @@ def open_server(model: str, *, served_model_name: str | None = None, api_key: st
         if getattr(limits, key) < 1:
             raise UserError(f"{key}={getattr(limits, key)}: at least 1")
     net, codec = load(model, device, dtype)
-    engine = Engine(net, codec.decode, max_batch=max_batch, max_context=max_context, pad_id=codec.pad_id)
+    codec.encode("안녕하세요. Hello.")  # loads the morpheme analyser now, not on the first request
+    engine = Engine(net, codec.decode, max_batch=max_batch, max_context=max_context, pad_id=codec.pad_id,
+                    background=background)
     name = served_model_name or Path(model).resolve().name
     app = build_app(engine, codec, name, limits, api_key)
     return body_limit(app, max_body_bytes), engine, name
@@ -58,20 +61,41 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, served_model_na
         dtype: Weight dtype (float32, bfloat16, float16); default: as saved.
         log_level: uvicorn's log level (critical, error, warning, info, debug).
     """
+    import signal
+    import threading
+
     import uvicorn
 
     api_key = api_key or os.environ.get("OPENHCX_API_KEY") or None
     app, engine, name = open_server(model, served_model_name=served_model_name, api_key=api_key,
                                     max_batch=max_batch, max_context=max_context, max_tokens=max_tokens,
                                     max_n=max_n, max_concurrent=max_concurrent, max_body_bytes=max_body_bytes,
-                                    device=device, dtype=dtype)
+                                    device=device, dtype=dtype, background=False)
     if host not in LOOPBACK and api_key is None:
         print(f"warning: listening on {host} without an API key: anyone who can reach it can use it",
               file=sys.stderr)
     print(f"serving {name!r} at http://{host}:{port}/v1: {engine.max_batch} rows x {engine.max_context} tokens, "
           f"KV cache {engine.cache_bytes / 2**20:.1f} MiB", file=sys.stderr, flush=True)
     logging.basicConfig(level=logging.WARNING)
-    try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
-    finally:
+    # The engine decodes on this (main) thread, where torch's CPU kernels run fastest; uvicorn runs beside it.
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=5))
+    http = threading.Thread(target=server.run, name="openhcx-http")
+
+    def stop(*_) -> None:
+        server.should_exit = True
         engine.close()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    http.start()
+    watcher = threading.Thread(target=lambda: (http.join(), engine.close()), daemon=True)
+    watcher.start()  # the server failing to start (a port in use) stops the engine too
+    try:
+        engine.run()
+    finally:
+        server.should_exit = True
+        http.join(30)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:
+        raise UserError(f"could not listen on {host}:{port} (see the error above)")

@@ -16,6 +16,7 @@ import asyncio
 import json
 import re
 import secrets
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -125,6 +126,7 @@ def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits 
     """The ASGI app serving `engine` under `model_name`."""
     app = FastAPI(title="OpenHCX", version="1", docs_url=None, redoc_url=None)
     encoder = ThreadPoolExecutor(1, thread_name_prefix="openhcx-encode")  # tokenizers: one prompt at a time
+    mailbox = Mailbox()
     in_flight = [0]
     created = int(time.time())
 
@@ -233,7 +235,7 @@ def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits 
                 in_flight[0] -= 1
 
         try:
-            queues = submit([(p, j) for p in prompts for j in range(body.n)], sampling, handles)
+            queues = submit([(p, j) for p in prompts for j in range(body.n)], sampling, handles, body.stream)
         except BaseException:
             release()
             raise
@@ -284,21 +286,19 @@ def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits 
                         top_p=body.top_p, repetition_penalty=body.repetition_penalty, stop_ids=end_ids,
                         stop_strings=tuple(stops), seed=body.seed)
 
-    def submit(choices: list[tuple[list[int], int]], sampling: Sampling, handles: list) -> list[asyncio.Queue]:
-        loop = asyncio.get_running_loop()
+    def submit(choices: list[tuple[list[int], int]], sampling: Sampling, handles: list,
+               stream: bool) -> list[asyncio.Queue]:
+        mailbox.loop = asyncio.get_running_loop()
         queues = []
         for prompt, j in choices:
             q: asyncio.Queue[Event] = asyncio.Queue()
 
             def deliver(event: Event, q=q) -> None:  # engine thread -> this loop
-                try:
-                    loop.call_soon_threadsafe(q.put_nowait, event)
-                except RuntimeError:  # the loop is closed: the server is going down
-                    pass
+                mailbox.post(q, event)
 
             seeded = sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + j)
             try:
-                handles.append(engine.submit(prompt, seeded, deliver))
+                handles.append(engine.submit(prompt, seeded, deliver, stream))
             except UserError as e:
                 raise APIError(400, str(e), "prompt") from e
             queues.append(q)
@@ -337,20 +337,39 @@ def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits 
                 if event.finish_reason is not None:
                     return
 
-        tasks = [asyncio.create_task(forward(i, q)) for i, q in enumerate(queues)]
+        # One choice reads its queue directly; several are merged by one task each.
+        tasks = [asyncio.create_task(forward(i, q)) for i, q in enumerate(queues)] if len(queues) > 1 else []
+        source = merged if tasks else queues[0]
+
+        async def next_events() -> list[tuple[int, Event]]:
+            """What has arrived: at least one event; text of one choice that queued up is sent as one chunk."""
+            items = [await source.get()]
+            while not source.empty():
+                items.append(source.get_nowait())
+            items = [item if tasks else (0, item) for item in items]
+            joined: list[tuple[int, Event]] = []
+            for i, event in items:
+                if joined and joined[-1][0] == i and joined[-1][1].finish_reason is None:
+                    last = joined[-1][1]
+                    event = Event(last.text + event.text, event.completion_tokens, event.finish_reason)
+                    joined[-1] = (i, event)
+                else:
+                    joined.append((i, event))
+            return joined
+
         try:
             if chat:
                 yield chunk([piece(i, None, None, first=True) for i in range(len(queues))])
             open_, tokens = len(queues), 0
             while open_:
-                i, event = await merged.get()
-                if event.finish_reason == "error":
-                    yield f"data: {json.dumps(error_body(event.text, 'server_error'))}\n\n"
-                    return
-                if event.finish_reason is not None:
-                    open_ -= 1
-                    tokens += event.completion_tokens
-                yield chunk([piece(i, event.text, event.finish_reason)])
+                for i, event in await next_events():
+                    if event.finish_reason == "error":
+                        yield f"data: {json.dumps(error_body(event.text, 'server_error'))}\n\n"
+                        return
+                    if event.finish_reason is not None:
+                        open_ -= 1
+                        tokens += event.completion_tokens
+                    yield chunk([piece(i, event.text, event.finish_reason)])
             if body.stream_options is not None and body.stream_options.include_usage:
                 usage.update(completion_tokens=tokens, total_tokens=usage["prompt_tokens"] + tokens)
                 yield chunk([], usage=usage)
@@ -360,6 +379,32 @@ def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits 
                 t.cancel()
 
     return app
+
+
+class Mailbox:
+    """Events from the engine's thread into the event loop, woken once per batch rather than once per token: a
+    step of 32 rows makes one wake-up of the loop, not 32."""
+
+    def __init__(self):
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: list[tuple[asyncio.Queue, Event]] = []
+        self.lock = threading.Lock()
+
+    def post(self, q: asyncio.Queue, event: Event) -> None:
+        with self.lock:
+            self.pending.append((q, event))
+            if len(self.pending) > 1:
+                return  # a wake-up is on its way
+        try:
+            self.loop.call_soon_threadsafe(self.flush)
+        except RuntimeError:  # the loop is closed: the server is going down
+            pass
+
+    def flush(self) -> None:
+        with self.lock:
+            items, self.pending = self.pending, []
+        for q, event in items:
+            q.put_nowait(event)
 
 
 class EventStream(StreamingResponse):

@@ -19,10 +19,15 @@ WORD = re.compile(r"\S+")
 
 @functools.lru_cache(maxsize=1)
 def analyzer():
-    """One Kiwi per process: loading its model takes about a second."""
+    """One Kiwi per process: loading its model takes about a second.
+
+    Single-threaded (num_workers=0): we analyse one line per call, which Kiwi's worker pool does not speed up,
+    and the caller holds the GIL while the pool works; in a busy process (a server decoding on the other cores)
+    that wait held the GIL for two thirds of the time. Many texts are spread over processes instead
+    (`segment_many`). The analysis is the same either way."""
     from kiwipiepy import Kiwi
 
-    return Kiwi()
+    return Kiwi(num_workers=0)
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
