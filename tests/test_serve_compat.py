@@ -10,7 +10,7 @@ Three directories are checked: a trained checkpoint (the `tiny_lm` fixture: our 
 bfloat16 release (`export`), and a foreign Llama imported with our chat tokens (`import_hf(chat_tokens=True)`),
 where `<|endofturn|>` sits after the foreign vocabulary instead of at id 4.
 Not repeated here: transformers loading the weights into LlamaForCausalLM with no missing or unexpected
-tensor, with logits and greedy generations equal to ours (tests/test_hf.py). docs/serve-engines.md has the
+tensor, with logits and greedy generations equal to ours (tests/test_hf.py). docs/serve.md has the
 commands.
 """
 
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors import safe_open
 
 from openhcx.data.chat import Message, render_prompt
 from openhcx.model.hf import export, import_hf
 from openhcx.tokenizer.tokenizer import ENDOFTURN, EOT, PAD, Tokenizer
 
-transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 # system + user + assistant + user, Korean and English: what a chat endpoint renders before the reply.

@@ -42,7 +42,7 @@ def open_server(model: str, *, served_model_name: str | None = None, api_key: st
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, served_model_name: str | None = None,
           api_key: str | None = None, max_batch: int = 16, max_context: int | None = None, max_tokens: int = 2048,
           max_n: int = 8, max_concurrent: int = 64, max_body_bytes: int = 1 << 20, device: str = "cpu",
-          dtype: str | None = None, log_level: str = "info") -> None:
+          dtype: str | None = None, threads: int | None = None, log_level: str = "info") -> None:
     """Serve a checkpoint over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /health).
 
     Args:
@@ -59,13 +59,20 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, served_model_na
         max_body_bytes: Largest request body; larger ones get 413.
         device: Torch device, e.g. cpu or cuda.
         dtype: Weight dtype (float32, bfloat16, float16); default: as saved.
+        threads: torch's CPU threads for decoding; default: one core fewer than the machine has (at least 1),
+            leaving one to HTTP and tokenization.
         log_level: uvicorn's log level (critical, error, warning, info, debug).
     """
     import signal
     import threading
 
+    import torch
     import uvicorn
 
+    # Decoding's OpenMP threads wait for each other at every op, so one of them on a core that HTTP or
+    # tokenization holds stalls the whole step (docs/benchmarks.md, "Serving": both cores for torch made batched
+    # steps about 3x slower under load on 2 cores).
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
     api_key = api_key or os.environ.get("OPENHCX_API_KEY") or None
     app, engine, name = open_server(model, served_model_name=served_model_name, api_key=api_key,
                                     max_batch=max_batch, max_context=max_context, max_tokens=max_tokens,

@@ -9,6 +9,7 @@ Not a general NLP wrapper: no tags, lemmas or sentence splitting leave this modu
 from __future__ import annotations
 
 import functools
+import warnings
 import multiprocessing as mp
 import re
 from typing import Iterable, Iterator
@@ -27,7 +28,9 @@ def analyzer():
     (`segment_many`). The analysis is the same either way."""
     from kiwipiepy import Kiwi
 
-    return Kiwi(num_workers=0)
+    with warnings.catch_warnings():  # a note that 0 no longer means "all cores" (since 0.21): single is what we want
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return Kiwi(num_workers=0)
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
