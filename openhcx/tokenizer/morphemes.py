@@ -9,9 +9,9 @@ Not a general NLP wrapper: no tags, lemmas or sentence splitting leave this modu
 from __future__ import annotations
 
 import functools
-import warnings
 import multiprocessing as mp
 import re
+import warnings
 from typing import Iterable, Iterator
 
 HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff]")
