@@ -40,7 +40,8 @@ def requests(n: int, max_tokens: int) -> list[dict]:
     out = []
     for i in range(n):
         kind = "chat" if i % 2 == 0 else "completion"
-        body = {"messages": chats[(i // 2) % len(chats)]} if kind == "chat" else {"prompt": texts[(i // 2) % len(texts)]}
+        j = i // 2
+        body = {"messages": chats[j % len(chats)]} if kind == "chat" else {"prompt": texts[j % len(texts)]}
         out.append({"kind": kind, "stream": i % 4 in (1, 2), "max_tokens": max_tokens, **body})
     return out
 

@@ -110,7 +110,9 @@ class Tokenizer:
             if mode == "portable" or not self.morpheme_aware:
                 return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
             pieces = segment_many(texts, workers) if workers > 1 else map(segment, texts)
-            return [self.encode_pieces(p) for p in pieces]
+            # One call for all texts: the Rust side encodes them in parallel; an empty list is not valid input.
+            encoded = self.hf.encode_batch([p or [""] for p in pieces], is_pretokenized=True, add_special_tokens=False)
+            return [e.ids for e in encoded]
         except (UnicodeEncodeError, TypeError):  # what HF raises on a lone surrogate, per mode
             for n, text in enumerate(texts):
                 if bad := LONE_SURROGATE.search(text):
