@@ -64,10 +64,11 @@ def line_morpheme_cuts(line: str) -> tuple[int, ...]:
     return tuple(cuts)
 
 
-# Lines up to this long are remembered (65,536 of them, least recently used first out): boilerplate repeated
-# across documents (15% of the demo Korean corpus's characters) and a chat's system prompt are analysed once.
-REMEMBER_CHARS = 2000
-_remembered_cuts = functools.lru_cache(maxsize=65536)(line_morpheme_cuts)
+# Lines up to this long are remembered (16,384 of them, least recently used first out; at most about 20 MB):
+# boilerplate repeated across documents (15% of the demo Korean corpus's characters) and a chat's system
+# prompt are analysed once per process.
+REMEMBER_CHARS = 500
+_remembered_cuts = functools.lru_cache(maxsize=16384)(line_morpheme_cuts)
 
 
 def split_at(text: str, cuts: Iterable[int]) -> list[str]:
