@@ -110,11 +110,11 @@ def timed(server: subprocess.Popen, url: str, coro) -> tuple:
     after = httpx.get(f"{url}/health").json()
     rows = (after["generated_tokens"] - engine["generated_tokens"]) / max(1, after["steps"] - engine["steps"]
                                                                          + after["prefills"] - engine["prefills"])
-    busy = after["busy_s"] - engine["busy_s"]
-    return out, cpu_seconds(server.pid) - before[0], cpu_seconds() - before[1], rows, busy
+    busy, prefill = after["busy_s"] - engine["busy_s"], after["prefill_s"] - engine["prefill_s"]
+    return out, cpu_seconds(server.pid) - before[0], cpu_seconds() - before[1], rows, busy, prefill
 
 
-def summary(name: str, results: list[dict], wall: float, cpu: tuple[float, float, float, float]) -> dict:
+def summary(name: str, results: list[dict], wall: float, cpu: tuple[float, ...]) -> dict:
     ok = [r for r in results if "error" not in r]
     lat = sorted(r["latency"] for r in ok)
     ttft = sorted(r["ttft"] for r in ok if "ttft" in r)
@@ -124,12 +124,13 @@ def summary(name: str, results: list[dict], wall: float, cpu: tuple[float, float
            "req_per_s": len(ok) / wall, "tokens": tokens, "tokens_per_s": tokens / wall,
            "p50_latency_s": statistics.median(lat), "p99_latency_s": q(lat, 0.99),
            "p50_ttft_s": statistics.median(ttft) if ttft else float("nan"), "p99_ttft_s": q(ttft, 0.99),
-           "server_cpu_s": cpu[0], "client_cpu_s": cpu[1], "mean_rows": cpu[2], "engine_busy": cpu[3] / wall}
+           "server_cpu_s": cpu[0], "client_cpu_s": cpu[1], "mean_rows": cpu[2], "engine_busy": cpu[3] / wall,
+           "prefill_share": cpu[4] / max(cpu[3], 1e-9)}
     print(f"{name:>12}: {row['requests']} requests, {row['errors']} errors, {wall:.1f} s, "
           f"{row['req_per_s']:.2f} req/s, {row['tokens_per_s']:.0f} tokens/s, latency p50 {row['p50_latency_s']:.2f} s "
           f"p99 {row['p99_latency_s']:.2f} s, TTFT p50 {row['p50_ttft_s']:.3f} s p99 {row['p99_ttft_s']:.3f} s; "
           f"CPU: server {cpu[0]:.1f} s, client {cpu[1]:.1f} s; {cpu[2]:.1f} rows a step, engine busy "
-          f"{100 * cpu[3] / wall:.0f}% of the time",
+          f"{100 * cpu[3] / wall:.0f}% of the time ({100 * cpu[4] / max(cpu[3], 1e-9):.0f}% of that prefilling)",
           flush=True)
     return row
 

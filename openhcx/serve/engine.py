@@ -109,7 +109,7 @@ class Engine:
         self.waiting: deque[Request] = deque()
         self.inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self.counters = {"steps": 0, "prefills": 0, "generated_tokens": 0, "compactions": 0, "errors": 0,
-                         "busy_s": 0.0}  # time spent admitting, decoding and retiring (not waiting for work)
+                         "busy_s": 0.0, "prefill_s": 0.0}  # time at work (not waiting for it); of which prefilling
         self._closed = False
         self._thread = None
         if background:
@@ -162,7 +162,9 @@ class Engine:
                 start = time.perf_counter()
                 try:
                     self._retire()
+                    admitted = time.perf_counter()
                     self._admit()
+                    self.counters["prefill_s"] += time.perf_counter() - admitted
                     if self.rows:
                         self._step()
                     self.counters["busy_s"] += time.perf_counter() - start
