@@ -237,11 +237,17 @@ class Engine:
         for row, r in enumerate(group):
             ids[row, width - len(r.prompt):] = torch.tensor(r.prompt)
             mask[row, width - len(r.prompt):] = True
+        # Prefill into a cache of their own, as generate() would, then copy into place: attention then spans the
+        # prompts only, not the running rows' history before them (50 tokens after a 300-token offset: 4.2 ms
+        # against 2.8 ms), and the prompts' numerics are generate()'s.
+        fresh = KVCache(self.model.config, k, width, self.device, c.k[0].dtype)
+        fresh.head = self.heads.get(1 if k == 1 else self.max_batch)
+        logits = self.model(ids.to(self.device), attn_mask=mask.to(self.device), cache=fresh, last_only=True)[:, -1]
+        for big, small in zip((*c.k, *c.v), (*fresh.k, *fresh.v)):
+            big[n:n + k, :, start:self.length] = small
         c.valid[n:n + k, :start] = False
-        c.real[n:n + k] = 0
-        view = c.rows(n + k, n, length=start, padded=start > 0 or not bool(mask.all()))
-        view.head = self.heads.get(1 if k == 1 else self.max_batch)
-        logits = self.model(ids.to(self.device), attn_mask=mask.to(self.device), cache=view, last_only=True)[:, -1]
+        c.valid[n:n + k, start:self.length] = fresh.valid
+        c.real[n:n + k] = fresh.real
         self.rows += group
         self.counters["prefills"] += 1
         for r in group:
