@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,7 @@ def _engine(url: str) -> sa.Engine:
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # sqlite3 must not issue its own BEGIN; ours follows
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+        _wal(dbapi_connection)  # readers do not block the writer
         dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # a power cut may undo the last commits, not corrupt
 
     @sa.event.listens_for(engine, "begin")
@@ -107,6 +108,21 @@ def _engine(url: str) -> sa.Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _wal(connection, tries: int = 200) -> None:
+    """Put the SQLite file in WAL mode. The mode persists in the file, so only its first openers switch it, and
+    switching needs the file to itself without waiting on the busy timeout: processes racing to open a new queue
+    got "database is locked" at once. They retry for up to about 10 s."""
+    for attempt in range(tries):
+        try:
+            if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == tries - 1:
+                raise
+            time.sleep(0.05)
 
 
 class EventQueue:
