@@ -205,13 +205,13 @@ class KVCache:
         # Optional copy of the output head laid out for decoding on CPU (`decoding_head`).
         self.head: Tensor | None = None
 
-    def rows(self, stop: int, start: int = 0, *, length: int, padded: bool) -> KVCache:
-        """Rows [start, stop) as a cache of their own that shares this one's storage, written from `length` on:
-        how a serving engine runs a step on its occupied rows only, or prefills newly admitted ones."""
+    def rows(self, n: int, *, length: int, padded: bool, head: Tensor | None) -> KVCache:
+        """The first `n` rows as a cache of their own that shares this one's storage, written from `length` on:
+        how a serving engine runs a step on its occupied rows only."""
         view = object.__new__(KVCache)
-        view.k, view.v = [k[start:stop] for k in self.k], [v[start:stop] for v in self.v]
-        view.valid, view.real = self.valid[start:stop], self.real[start:stop]
-        view.max_len, view.length, view.padded, view.head = self.max_len, length, padded, self.head
+        view.k, view.v = [k[:n] for k in self.k], [v[:n] for v in self.v]
+        view.valid, view.real = self.valid[:n], self.real[:n]
+        view.max_len, view.length, view.padded, view.head = self.max_len, length, padded, head
         return view
 
 

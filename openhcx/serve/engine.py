@@ -245,7 +245,7 @@ class Engine:
         # prompts only, not the running rows' history before them (50 tokens after a 300-token offset: 4.2 ms
         # against 2.8 ms), and the prompts' numerics are generate()'s.
         fresh = KVCache(self.model.config, k, width, self.device, c.k[0].dtype)
-        fresh.head = self.heads.get(1 if k == 1 else self.max_batch)
+        fresh.head = self._head(k)
         logits = self.model(ids.to(self.device), attn_mask=mask.to(self.device), cache=fresh, last_only=True)[:, -1]
         for big, small in zip((*c.k, *c.v), (*fresh.k, *fresh.v)):
             big[n:n + k, :, start:self.length] = small
@@ -267,12 +267,15 @@ class Engine:
         c = self.cache
         c.valid[:n, self.length] = True  # the slot this step writes (it may hold a flag from an earlier row)
         feed = torch.tensor([r.completion.ids[-1] for r in self.rows], device=self.device)[:, None]
-        view = c.rows(n, length=self.length, padded=not bool(c.valid[:n, :self.length].all()))
-        view.head = self.heads.get(1 if n == 1 else self.max_batch)
+        view = c.rows(n, length=self.length, padded=not bool(c.valid[:n, :self.length].all()), head=self._head(n))
         logits = self.model(feed, cache=view, last_only=True)[:, -1]
         self.length += 1
         self.counters["steps"] += 1
         self._emit(list(range(n)), logits)
+
+    def _head(self, rows: int) -> torch.Tensor | None:
+        """The output head's decoding layout for this many rows (CPU), as generate() picks it."""
+        return self.heads.get(1 if rows == 1 else self.max_batch)
 
     def _longest(self) -> int:
         """Cached tokens of the longest row: its prompt and every token fed back so far."""
