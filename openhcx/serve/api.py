@@ -177,6 +177,7 @@ def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatRequest, request: Request):
         check_model(body.model)
+        refuse_if_full()  # before any encoding work
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": text_of(m)}
                     for m in body.messages]
         prompt = await encode(lambda: codec.chat_prompt(messages), "messages")
@@ -186,6 +187,7 @@ def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, request: Request):
         check_model(body.model)
+        refuse_if_full()  # before any encoding work
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if body.suffix is not None and codec.fim is None:
             raise APIError(400, "suffix: this model's tokenizer has no fill-in-the-middle tokens", "suffix")
@@ -199,6 +201,11 @@ def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits 
                 prompts.append(await encode(lambda: psm_prompt(codec.encode(text), codec.encode(suffix), codec.fim),
                                             param))
         return await respond(body, request, prompts, body.max_tokens, codec.end_ids, chat=False)
+
+    def refuse_if_full() -> None:
+        if in_flight[0] >= limits.max_concurrent:
+            raise APIError(429, f"{limits.max_concurrent} requests are in flight already; retry later",
+                           code="too_many_requests", type="rate_limit_error")
 
     def check_model(name: str) -> None:
         if name != model_name:
@@ -220,9 +227,7 @@ def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits 
     async def respond(body: Common, request: Request, prompts: list[list[int]], max_tokens: int | None,
                       end_ids: tuple[int, ...], chat: bool):
         sampling = sampling_of(body, prompts, max_tokens, end_ids)
-        if in_flight[0] >= limits.max_concurrent:
-            raise APIError(429, f"{limits.max_concurrent} requests are in flight already; retry later",
-                           code="too_many_requests", type="rate_limit_error")
+        refuse_if_full()  # again: others may have come in while this one was encoded
         in_flight[0] += 1
         handles: list = []
         released: list[bool] = []
