@@ -20,6 +20,7 @@ from openhcx.chat import load, run_generate
 from openhcx.model.generate import Sampling
 from openhcx.model.generate import generate as library_generate
 from openhcx.serve import open_server
+from openhcx.serve.engine import Engine
 
 PROMPTS = ["def add(a, b):", "안녕하세요, 반갑습니다.", "The cat sat", "for i in range(10):", "대한민국의 수도는",
            "The cat sat on the mat. The", "print(", "서울"]
@@ -91,15 +92,53 @@ def test_greedy_completions_equal_openhcx_generate_under_concurrency(server, cli
         return await asyncio.gather(*(aclient.completions.create(model=name, prompt=p, max_tokens=24, temperature=0)
                                       for p in PROMPTS))
 
-    before = engine.stats()["prefills"]
     got = asyncio.run(ask_all())
     assert [r.choices[0].text for r in got] == [c.text for c in want]
     assert [r.choices[0].finish_reason for r in got] == [c.finish_reason for c in want]
     assert [r.usage.completion_tokens for r in got] == [len(c.ids) for c in want]
     assert [r.usage.prompt_tokens for r in got] == [len(codec.encode(p)) for p in PROMPTS]
-    stats = idle(engine)
-    assert stats["prefills"] - before < len(PROMPTS)  # some prompts were admitted together
-    assert stats["cache_offset"] == 0
+    assert idle(engine)["cache_offset"] == 0
+
+
+def test_waiting_prompts_prefill_together_and_join_the_running_batch(local):
+    """All eight prompts wait before the loop starts (how they arrive over HTTP is up to timing): the first
+    pass admits as many as the rows and the padding rule allow, the rest join as rows free, and every
+    completion still equals `openhcx generate` for its prompt alone."""
+    net, codec = local
+    sampling = Sampling(max_new_tokens=24, stop_ids=codec.end_ids)
+    want = [run_generate(net, codec, [p], sampling, None, StringIO())[0] for p in PROMPTS]
+    engine = Engine(net, codec.decode, max_batch=4, background=False)
+    texts, reasons = [""] * len(PROMPTS), [None] * len(PROMPTS)
+
+    def on_event(i, event):
+        texts[i] += event.text
+        reasons[i] = event.finish_reason
+        if all(reasons):
+            engine.close()
+
+    for i, p in enumerate(PROMPTS):
+        engine.submit(codec.encode(p), sampling, lambda e, i=i: on_event(i, e), stream=True)
+    engine.run()
+    assert texts == [c.text for c in want] and reasons == [c.finish_reason for c in want]
+    lengths = [len(codec.encode(p)) for p in PROMPTS[:4]]
+    first = 1  # the first pass: prompts join while padding stays within a quarter of the pass
+    while first < 4 and max(lengths[:first + 1]) * (first + 1) <= 1.25 * sum(lengths[:first + 1]):
+        first += 1
+    stats = engine.stats()
+    assert first > 1 and stats["prefills"] <= len(PROMPTS) - first + 1
+    assert stats["running"] == 0 and stats["waiting"] == 0 and stats["cache_offset"] == 0
+
+
+def test_requests_still_queued_at_shutdown_are_told_so(local):
+    net, codec = local
+    engine = Engine(net, codec.decode, max_batch=4, background=False)
+    events = []
+    for p in PROMPTS[:3]:
+        engine.submit(codec.encode(p), Sampling(max_new_tokens=4), events.append)
+    engine.close()
+    engine.run()
+    assert [(e.finish_reason, e.text) for e in events] == [("error", "the server is shutting down")] * 3
+    assert engine.stats()["waiting"] == 0
 
 
 def test_infill_uses_the_fim_sentinels_like_openhcx_generate(server, client, local):

@@ -176,8 +176,12 @@ class Engine:
                         request.on_event(Event(f"decoding failed: {type(e).__name__}: {e}",
                                                len(request.completion.ids), "error"))
                     self.rows, self.length = [], 0
+        while not self.inbox.empty():  # requests submitted as the loop stopped end too (and no wake-up is left)
+            if (request := self.inbox.get()) is not None:
+                self.waiting.append(request)
         for request in [*self.rows, *self.waiting]:
             request.on_event(Event("the server is shutting down", len(request.completion.ids), "error"))
+        self.rows, self.waiting, self.length = [], deque(), 0
 
     def _take(self, block: bool) -> None:
         while True:
