@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import unicodedata
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from typing import IO, Iterable, Iterator
 
 from tqdm import tqdm
 
+from openhcx.data.cluster import Cluster, Task, run_tasks, summaries_table, work_folder
 from openhcx.data.filters import RULES, FilterConfig, Keywords, rejection
 from openhcx.data.pii import scrub_pii
 from openhcx.io import UserError, atomic_dir, json_objects, text_lines, write_manifest
@@ -232,20 +234,20 @@ class _Shards:
     def __init__(self, directory: Path, label: str, shard_docs: int):
         self.directory, self.label, self.shard_docs = directory, label, shard_docs
         self.files: list[str] = []
+        self.documents: list[int] = []
         self._file: IO[str] | None = None
-        self._in_file = 0
 
     def write(self, doc: Document) -> None:
-        if self._file is None or self._in_file == self.shard_docs:
+        if self._file is None or self.documents[-1] == self.shard_docs:
             self.close()
             name = f"{self.label}-{len(self.files):05d}.jsonl.gz"
             self.directory.mkdir(parents=True, exist_ok=True)
             # Level 3: most of level 9's ratio on text at several times the speed.
             self._file = gzip.open(self.directory / name, "wt", encoding="utf-8", compresslevel=3)
             self.files.append(f"{self.directory.name}/{name}")
-            self._in_file = 0
+            self.documents.append(0)
         self._file.write(json.dumps(asdict(doc), ensure_ascii=False) + "\n")
-        self._in_file += 1
+        self.documents[-1] += 1
 
     def close(self) -> None:
         if self._file is not None:
@@ -269,6 +271,9 @@ class _ShardSet:
     def files(self, split: str) -> dict[str, list[str]]:
         return {label: w.files for (sp, label), w in sorted(self.writers.items()) if sp == split}
 
+    def documents(self, split: str) -> dict[str, list[int]]:
+        return {label: w.documents for (sp, label), w in sorted(self.writers.items()) if sp == split}
+
     def close(self) -> None:
         for writer in self.writers.values():
             writer.close()
@@ -288,13 +293,13 @@ def _validate(sources: list[Source], heldout_fraction: float, shard_docs: int) -
         raise UserError(f"shard_docs: {shard_docs} must be at least 1")
 
 
-def _process_source(
-    source: Source, files: list[Path], filters: FilterConfig, keywords: Keywords, heldout_fraction: float, shards: _ShardSet
-) -> Counts:
+def _clean(docs: Iterable[Document], source: Source, filters: FilterConfig, keywords: Keywords,
+           heldout_fraction: float, shards: _ShardSet) -> Counts:
+    """Clean, scrub, filter and split documents of one source into `shards`: the rules of this stage, which
+    the single-machine build and every cluster task run alike."""
     counts = Counts()
     code = source.label == "code"
-    docs = (Document(text, source.label, str(path)) for path in files for text in read_file(path, source))
-    for doc in tqdm(docs, desc=f"{source.label}: {source.path}", unit=" docs", disable=None):
+    for doc in docs:
         counts.read += 1
         scrubbed = scrub_pii(clean_text(doc.text))
         text = scrubbed.text.strip()  # a number removed at the very end leaves a space behind
@@ -309,10 +314,24 @@ def _process_source(
         counts.emails += scrubbed.emails
         counts.phones += scrubbed.phones
         counts.chars += len(text)
-    if counts.read == 0:
-        raise UserError(f"{source.path}: no documents (the files are empty)")
-    log.info("%s (%s): read %d, kept %d", source.path, source.label, counts.read, counts.kept)
     return counts
+
+
+def _documents(source: Source, files: list[Path]) -> Iterator[Document]:
+    return (Document(text, source.label, str(path)) for path in files for text in read_file(path, source))
+
+
+def _clean_file(args: tuple, out: Path) -> dict:
+    """A cluster task: one input file into corpus shards of its own under `out`."""
+    source, path, filters, heldout_fraction, shard_docs = args
+    shards = _ShardSet(out, shard_docs)
+    try:
+        counts = _clean(_documents(source, [Path(path)]), source, filters, Keywords.load(filters), heldout_fraction,
+                        shards)
+    finally:
+        shards.close()
+    return {"counts": asdict(counts), "files": {split: shards.files(split) for split in SPLITS},
+            "documents": {split: shards.documents(split) for split in SPLITS}}
 
 
 def build_corpus(
@@ -322,6 +341,7 @@ def build_corpus(
     heldout_fraction: float = 0.01,
     shard_docs: int = 10000,
     overwrite: bool = False,
+    cluster: Cluster | None = None,
 ) -> dict:
     """Build a corpus directory from raw sources: clean, scrub PII, filter, split, shard.
 
@@ -338,6 +358,9 @@ def build_corpus(
         heldout_fraction: Share of kept documents set aside for evaluation, in [0, 1).
         shard_docs: Documents per shard file.
         overwrite: Replace `out` if it exists (it is swapped only after the new corpus is complete).
+        cluster: Run one task per input file on Ray (docs/scale.md); default: this process. The corpus
+            holds the same documents in the same order with the same counts; only where shard files end
+            differs (each input file starts new ones). A rerun after a crash runs only unfinished tasks.
 
     Returns:
         The manifest written to `out/manifest.json`, with per-source, per-label and total counts:
@@ -351,39 +374,88 @@ def build_corpus(
     for source, paths in zip(sources, files):
         for path in paths:
             file_format(path, source.format)
-    per_source: list[Counts] = []
+    config = {"sources": [asdict(s) for s in sources], "filters": asdict(filters),
+              "heldout_fraction": heldout_fraction, "shard_docs": shard_docs}
+    inputs = {s.path: {"files": len(fs), "bytes": sum(f.stat().st_size for f in fs)} for s, fs in zip(sources, files)}
+    if cluster is not None:
+        return _build_on_cluster(sources, files, out, config, inputs, filters, heldout_fraction, shard_docs,
+                                 overwrite, cluster)
     with atomic_dir(out, overwrite=overwrite) as tmp, ExitStack() as stack:
         shards = _ShardSet(tmp, shard_docs)
         stack.callback(shards.close)
+        per_source = []
         for source, paths in zip(sources, files):
-            per_source.append(_process_source(source, paths, filters, keywords, heldout_fraction, shards))
+            docs = tqdm(_documents(source, paths), desc=f"{source.label}: {source.path}", unit=" docs", disable=None)
+            per_source.append(_clean(docs, source, filters, keywords, heldout_fraction, shards))
         shards.close()
-        labels: dict[str, Counts] = {}
-        totals = Counts()
-        for source, counts in zip(sources, per_source):
-            labels.setdefault(source.label, Counts()).add(counts)
-            totals.add(counts)
-        if totals.kept == 0:
-            dropped = ", ".join(f"{rule}: {n}" for rule, n in totals.dropped.items() if n)
-            raise UserError(f"{out}: all {totals.read} documents were dropped by the filters ({dropped})")
-        write_manifest(
-            tmp,
-            stage="corpus",
-            config={
-                "sources": [asdict(s) for s in sources],
-                "filters": asdict(filters),
-                "heldout_fraction": heldout_fraction,
-                "shard_docs": shard_docs,
-            },
-            inputs={s.path: {"files": len(fs), "bytes": sum(f.stat().st_size for f in fs)} for s, fs in zip(sources, files)},
-            sources=[{**asdict(s), **asdict(c)} for s, c in zip(sources, per_source)],
-            labels={label: asdict(c) for label, c in sorted(labels.items())},
-            totals=asdict(totals),
-            shards={split: shards.files(split) for split in SPLITS},
-        )
+        manifest = _write_manifest(tmp, out, sources, per_source, config, inputs,
+                                   {split: shards.files(split) for split in SPLITS},
+                                   {split: shards.documents(split) for split in SPLITS})
+    return manifest
+
+
+def _build_on_cluster(sources, files, out, config, inputs, filters, heldout_fraction, shard_docs, overwrite,
+                      cluster: Cluster) -> dict:
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out}: output already exists (pass overwrite=true to replace it)")
+    tasks = [Task(f"{i:03d}-{j:06d}", path.stat().st_size, (source, str(path), filters, heldout_fraction, shard_docs))
+             for i, (source, paths) in enumerate(zip(sources, files)) for j, path in enumerate(paths)]
+    work = work_folder(cluster, out)
+    inputs_seen = {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for paths in files for p in paths}
+    summaries = run_tasks("corpus", _clean_file, tasks, work, cluster, {"config": config, "files": inputs_seen})
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        per_source = [Counts() for _ in sources]
+        names = {split: {} for split in SPLITS}
+        documents = {split: {} for split in SPLITS}
+        for task in tasks:  # in input order: the documents keep the single-machine build's order
+            summary, index = summaries[task.key], int(task.key.split("-")[0])
+            counts = Counts(**summary["counts"])
+            per_source[index].add(counts)
+            for split in SPLITS:
+                for label, shard_files in summary["files"][split].items():
+                    for name, n in zip(shard_files, summary["documents"][split][label]):
+                        listed = names[split].setdefault(label, [])
+                        target = f"{split}/{label}-{len(listed):05d}.jsonl.gz"
+                        (tmp / split).mkdir(exist_ok=True)
+                        (work / "tasks" / task.key / name).rename(tmp / target)
+                        listed.append(target)
+                        documents[split].setdefault(label, []).append(n)
+        ordered = {split: dict(sorted(names[split].items())) for split in SPLITS}
+        manifest = _write_manifest(tmp, out, sources, per_source, config, inputs, ordered,
+                                   {split: dict(sorted(documents[split].items())) for split in SPLITS},
+                                   tasks=summaries_table(summaries))
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def _write_manifest(tmp: Path, out: str, sources: list[Source], per_source: list[Counts], config: dict,
+                    inputs: dict, shards: dict, documents: dict, **extra) -> dict:
+    labels: dict[str, Counts] = {}
+    totals = Counts()
+    for source, counts in zip(sources, per_source):
+        if counts.read == 0:
+            raise UserError(f"{source.path}: no documents (the files are empty)")
+        log.info("%s (%s): read %d, kept %d", source.path, source.label, counts.read, counts.kept)
+        labels.setdefault(source.label, Counts()).add(counts)
+        totals.add(counts)
+    if totals.kept == 0:
+        dropped = ", ".join(f"{rule}: {n}" for rule, n in totals.dropped.items() if n)
+        raise UserError(f"{out}: all {totals.read} documents were dropped by the filters ({dropped})")
+    write_manifest(
+        tmp,
+        stage="corpus",
+        config=config,
+        inputs=inputs,
+        sources=[{**asdict(s), **asdict(c)} for s, c in zip(sources, per_source)],
+        labels={label: asdict(c) for label, c in sorted(labels.items())},
+        totals=asdict(totals),
+        shards=shards,
+        documents=documents,
+        **extra,
+    )
     print(f"corpus: {out} ({totals.kept:,} of {totals.read:,} documents kept: {totals.train:,} train, "
           f"{totals.heldout:,} held out; {totals.chars:,} characters)")
-    return json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))  # as written: lists, not tuples
+    return json.loads((tmp / "manifest.json").read_text(encoding="utf-8"))  # as written: lists, not tuples
 
 
 # ---------------------------------------------------------------- reading a corpus back
