@@ -14,6 +14,7 @@ task. docs/scale.md compares it with datatrove and Spark.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,9 +23,9 @@ import socket
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
@@ -135,18 +136,31 @@ def run_tasks(name: str, fn: Callable[[Any, Path], dict], tasks: list[Task], wor
     return {t.key: done[t.key] for t in tasks}
 
 
+@contextlib.contextmanager
+def connected(cluster: Cluster) -> Iterator[None]:
+    """Ray for the block: joined if this process already has it, else started (local) or joined (address)
+    and shut down after. A stage that runs tasks in rounds holds it across them."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    options = dict(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    if cluster.address == "local":
+        ray.init(num_cpus=cluster.workers or os.cpu_count(), object_store_memory=100 << 20, **options)
+    else:
+        ray.init(address=cluster.address, **options)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def _run_on_ray(name: str, fn, tasks: list[Task], work: Path, cluster: Cluster, done_size: int,
                 total_size: int) -> dict[str, dict]:
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        options = dict(include_dashboard=False, configure_logging=False, log_to_driver=False)
-        if cluster.address == "local":
-            ray.init(num_cpus=cluster.workers or os.cpu_count(), object_store_memory=100 << 20, **options)
-        else:
-            ray.init(address=cluster.address, **options)
-    try:
+    with connected(cluster):
         remote = ray.remote(run_task).options(name=f"openhcx-{name}", num_cpus=1, max_retries=cluster.retries,
                                               retry_exceptions=False)
         pending = {remote.remote(fn, task, str(work)): task for task in tasks}
@@ -161,15 +175,8 @@ def _run_on_ray(name: str, fn, tasks: list[Task], work: Path, cluster: Cluster, 
                     results[task.key] = {"error": f"{type(e).__name__}: {e}"}
                 bar.update(task.size)
         return results
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def summaries_table(summaries: dict[str, dict]) -> dict[str, dict]:
     """Where and how long each task ran, for the manifest."""
     return {key: s["task"] for key, s in summaries.items()}
-
-
-def config_of(*parts) -> list:
-    return [asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts]

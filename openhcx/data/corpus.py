@@ -479,8 +479,13 @@ def iter_documents(corpus_dir: str | Path, split: str = "train", labels: Iterabl
         raise UserError(f"labels: {', '.join(unknown)} not in {corpus_dir} (it has {', '.join(known)})")
     for label in wanted:
         for name in manifest["shards"][split].get(label, []):
-            for lineno, line in text_lines(corpus_dir / name):
-                try:
-                    yield Document(**json.loads(line))
-                except (json.JSONDecodeError, TypeError) as e:
-                    raise UserError(f"{corpus_dir / name}:{lineno}: corrupt corpus record ({e})") from None
+            yield from read_shard(corpus_dir / name)
+
+
+def read_shard(path: Path) -> Iterator[Document]:
+    """The documents of one corpus shard file."""
+    for lineno, line in text_lines(path):
+        try:
+            yield Document(**json.loads(line))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise UserError(f"{path}:{lineno}: corrupt corpus record ({e})") from None

@@ -24,9 +24,12 @@ any torch Dataset/DataLoader machinery: a batch is a few memmap slices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import shutil
 import zlib
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Iterator
@@ -34,7 +37,8 @@ from typing import IO, TYPE_CHECKING, Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from openhcx.data.corpus import iter_documents
+from openhcx.data.cluster import Cluster, Task, connected, run_tasks, summaries_table, work_folder
+from openhcx.data.corpus import iter_documents, read_shard
 from openhcx.data.fim import EOT_ID, FimConfig, FimSample, draw, layout
 from openhcx.io import UserError, atomic_dir, write_manifest
 from openhcx.tokenizer.tokenizer import Mode, Tokenizer
@@ -132,26 +136,40 @@ def mixture_weights(mixture: dict[str, float] | None, labels: dict[str, dict]) -
     return {label: weight / total for label, weight in mixture.items()}
 
 
-def repeated(corpus: Path, split: str, label: str, limit: int) -> Iterator[str]:
-    """The texts of one label, read again from the start as often as needed for `limit` documents."""
-    taken = 0
+def repeated(corpus: Path, split: str, label: str, limit: int) -> Iterator[tuple[int, int, str]]:
+    """(pass, position in the pass, text) of one label's documents, read again from the start as often as
+    needed for `limit` documents."""
+    taken, passes = 0, 0
     while taken < limit:
         before = taken
-        for doc in iter_documents(corpus, split, [label]):
+        for index, doc in enumerate(iter_documents(corpus, split, [label])):
             if taken == limit:
                 return
             taken += 1
-            yield doc.text
+            yield passes, index, doc.text
         if taken == before:
             return
+        passes += 1
 
 
-def encoded(
-    texts: Iterator[str], plan: Callable[[str], FimSample], tok: Tokenizer, mode: Mode, workers: int, dtype: np.dtype
-) -> Iterator[tuple[FimSample, np.ndarray]]:
-    """(sample, training ids) per text; the parts of a batch of documents go to the tokenizer in one call."""
-    while batch := _take_chars(texts, _BATCH_CHARS):
-        samples = [plan(text) for text in batch]
+Plan = Callable[[int, int, str], FimSample]
+
+
+def planner(seed: int, split: str, label: str, config: FimConfig | None) -> Plan:
+    """How each document of (split, label) is laid out: plain without a config, else a FIM draw from a stream
+    of its own, seeded by (seed, split, label, pass, position). Draws thus depend neither on how the labels
+    interleave nor on which worker encodes which file."""
+    if config is None:
+        return lambda passes, index, text: FimSample("plain", text)
+    key = [seed, SPLITS.index(split), zlib.crc32(label.encode("utf-8"))]
+    return lambda passes, index, text: draw(text, np.random.default_rng([*key, passes, index]), config)
+
+
+def encoded(docs: Iterator[tuple[int, int, str]], plan: Plan, tok: Tokenizer, mode: Mode, workers: int,
+            dtype: np.dtype) -> Iterator[tuple[FimSample, np.ndarray]]:
+    """(sample, training ids) per document; the parts of a batch of documents go to the tokenizer in one call."""
+    while batch := _take_chars(docs, _BATCH_CHARS):
+        samples = [plan(*doc) for doc in batch]
         ids = tok.encode_batch([part for s in samples for part in s.parts()], mode, workers)
         start = 0
         for sample in samples:
@@ -160,12 +178,12 @@ def encoded(
             start += n
 
 
-def _take_chars(texts: Iterator[str], limit: int) -> list[str]:
-    """The next texts up to `limit` characters in all (at least one text, unless `texts` is exhausted)."""
+def _take_chars(docs: Iterator[tuple[int, int, str]], limit: int) -> list[tuple[int, int, str]]:
+    """The next documents up to `limit` characters in all (at least one, unless `docs` is exhausted)."""
     batch, size = [], 0
-    for text in texts:
-        batch.append(text)
-        size += len(text)
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc[-1])
         if size >= limit:
             break
     return batch
@@ -256,11 +274,6 @@ def _write_split(
         c.share = c.tokens / counts.tokens if counts.tokens else 0.0
 
 
-def _label_rng(seed: int, split: str, label: str) -> np.random.Generator:
-    """One stream per (split, label): a label's FIM draws do not depend on how the labels interleave."""
-    return np.random.default_rng([seed, SPLITS.index(split), zlib.crc32(label.encode("utf-8"))])
-
-
 def build_shards(
     corpus: str,
     tokenizer: str,
@@ -274,6 +287,7 @@ def build_shards(
     max_tokens: int | None = None,
     max_repeats: float = 4.0,
     overwrite: bool = False,
+    cluster: Cluster | None = None,
 ) -> dict:
     """Encode a corpus into token shards: FIM on training documents, labels mixed by token share.
 
@@ -297,6 +311,9 @@ def build_shards(
         max_tokens: Stop the train split at the first document boundary at or after this many tokens.
         max_repeats: Most passes over one label's training documents when it is upsampled (at least 1).
         overwrite: Replace `out` if it exists (swapped in only once the new shards are complete).
+        cluster: Encode on Ray, one task per corpus file (and per pass of an upsampled label); default: this
+            process. The shards are byte for byte those of the single-machine build; a rerun after a crash
+            runs only unfinished tasks (docs/scale.md).
 
     Returns:
         The manifest written to `out/manifest.json`: tokenizer sha256 and vocabulary size, token dtype,
@@ -315,68 +332,182 @@ def build_shards(
         raise UserError(f"mode: '{mode}' is not exact or portable")
     tok = Tokenizer.load(tok_dir)
     dtype = token_dtype(tok.vocab_size)
-    tok_sha = sha256_file(tok_dir / "tokenizer.json")
+    config = {"mixture": weights, "fim": asdict(fim), "mode": mode, "seed": seed, "shard_tokens": shard_tokens,
+              "max_tokens": max_tokens, "max_repeats": max_repeats}
+    inputs = {"corpus": str(corpus_dir), "tokenizer": str(tok_dir)}
+    plans = {"train": fim, "heldout": None, "heldout_fim": dataclasses.replace(fim, rate=1.0)}
+    n_docs = {split: {label: labels[label].get(split, 0) for label in weights} for split in ("train", "heldout")}
+    limits = {"train": {l: int(np.ceil(max_repeats * n)) for l, n in n_docs["train"].items()},
+              "heldout": n_docs["heldout"], "heldout_fim": n_docs["heldout"]}
+    tok_info = {"sha256": sha256_file(tok_dir / "tokenizer.json"), "vocab_size": tok.vocab_size,
+                "morpheme_aware": tok.morpheme_aware}
+    if cluster is None:
+        def stream(split: str, label: str) -> Iterator[tuple[FimSample, np.ndarray]]:
+            source = "train" if split == "train" else "heldout"
+            plan = planner(seed, split, label, plans[split])
+            return encoded(repeated(corpus_dir, source, label, limits[split][label]), plan, tok, mode, workers, dtype)
 
-    def stream(split: str, label: str, limit: int, plan: Callable[[str], FimSample]):
-        return encoded(repeated(corpus_dir, split, label, limit), plan, tok, mode, workers, dtype)
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            manifest = _write_splits(tmp, stream, weights, n_docs, max_tokens, shard_tokens, dtype, config, inputs,
+                                     tok_info)
+    else:
+        manifest = _build_on_cluster(corpus_dir, tok_dir, out, overwrite, cluster, weights, n_docs, limits, plans,
+                                     seed, mode, dtype, max_tokens, shard_tokens, config, inputs, tok_info)
+    splits = manifest["splits"]
+    print(f"shards: {out} (train {splits['train']['tokens']:,} tokens in {len(splits['train']['shards'])} shard(s), "
+          f"FIM rate {splits['train']['fim_rate']:.2f}; held out {splits['heldout']['tokens']:,} tokens)")
+    return manifest
 
-    def fim_plan(split: str, label: str, config: FimConfig) -> Callable[[str], FimSample]:
-        rng = _label_rng(seed, split, label)
-        return lambda text: draw(text, rng, config)
 
-    def plain(text: str) -> FimSample:
-        return FimSample("plain", text)
-
+def _write_splits(tmp: Path, stream: Callable[[str, str], Iterator[tuple[FimSample, np.ndarray]]],
+                  weights: dict[str, float], n_docs: dict, max_tokens: int | None, shard_tokens: int,
+                  dtype: np.dtype, config: dict, inputs: dict, tok_info: dict, **extra) -> dict:
+    """Mix, write and count the three splits from `stream(split, label)`, then the manifest."""
     splits = {split: SplitCounts() for split in SPLITS}
     splits["train"].labels = {label: LabelCounts(target_share=w) for label, w in weights.items()}
     splits["heldout"].labels = {label: LabelCounts() for label in weights}
     infill_labels = [CODE_LABEL] if CODE_LABEL in weights else []
     splits["heldout_fim"].labels = {label: LabelCounts() for label in infill_labels}
-    n_docs = {split: {label: labels[label].get(split, 0) for label in weights} for split in ("train", "heldout")}
+    train = mixed({l: stream("train", l) for l in weights}, weights, n_docs["train"], max_tokens)
+    _write_split(train, tmp / "train", shard_tokens, splits["train"], max_tokens)
+    heldout = ((l, *item) for l in weights for item in stream("heldout", l))
+    _write_split(heldout, tmp / "heldout", shard_tokens, splits["heldout"])
+    with open(tmp / "infill.jsonl", "w", encoding="utf-8") as f:
+        infill = ((l, *item) for l in infill_labels for item in stream("heldout_fim", l))
+        _write_split(_recorded(infill, f), tmp / "heldout_fim", shard_tokens, splits["heldout_fim"])
+    for split in ("train", "heldout"):
+        for label, c in splits[split].labels.items():
+            c.passes = c.documents / n_docs[split][label] if n_docs[split][label] else 0.0
+    for label, c in splits["heldout_fim"].labels.items():
+        c.passes = splits["heldout"].labels[label].passes
+    return write_manifest(
+        tmp, stage="shards", config=config, inputs=inputs, tokenizer=tok_info, dtype=dtype.str, eot_id=EOT_ID,
+        infill={"file": "infill.jsonl", "documents": splits["heldout_fim"].documents},
+        splits={split: asdict(counts) for split, counts in splits.items()}, **extra,
+    )
+
+
+# ---------------------------------------------------------------- on a cluster
+
+MODES = ("plain", "psm", "spm")
+
+
+class _MissingPass(Exception):
+    """The mixture reached a pass of a label that is not encoded yet."""
+
+    def __init__(self, label: str, passes: int):
+        self.label, self.passes = label, passes
+
+
+def _task_key(split: str, label: str, file: int, passes: int = 0) -> str:
+    return f"{split}-{label}-{passes}-{file:06d}"
+
+
+def _encode_file(args: tuple, out: Path) -> dict:
+    """A cluster task: one corpus file, one pass, encoded to ids.bin (the training ids of its documents, one
+    after the other), docs.npy (each document's token count and layout) and, for heldout_fim, infill.jsonl."""
+    corpus, tokenizer, name, split, label, passes, first, fim, seed, mode, dtype = args
+    tok = _tokenizer(tokenizer)
+    docs = ((passes, first + i, doc.text) for i, doc in enumerate(read_shard(Path(corpus) / name)))
+    lengths, modes = [], []
+    with open(out / "ids.bin", "wb", buffering=_WRITE_BUFFER) as f, ExitStack() as stack:
+        infill = stack.enter_context(open(out / "infill.jsonl", "w", encoding="utf-8")) if split == "heldout_fim" else None
+        items = ((label, *item) for item in encoded(docs, planner(seed, split, label, fim), tok, mode, 1,
+                                                     np.dtype(dtype)))
+        for _, sample, ids in _recorded(items, infill) if infill else items:
+            f.write(ids.tobytes())
+            lengths.append(len(ids))
+            modes.append(MODES.index(sample.mode))
+    np.save(out / "docs.npy", np.array([lengths, modes], dtype=np.int64).T.reshape(-1, 2))
+    return {"documents": len(lengths), "tokens": int(sum(lengths))}
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(path: str) -> Tokenizer:
+    return Tokenizer.load(path)  # once per worker process: tasks run one after another in the same one
+
+
+def _build_on_cluster(corpus_dir: Path, tok_dir: Path, out: str, overwrite: bool, cluster: Cluster, weights: dict,
+                      n_docs: dict, limits: dict, plans: dict, seed: int, mode: Mode, dtype: np.dtype,
+                      max_tokens: int | None, shard_tokens: int, config: dict, inputs: dict, tok_info: dict) -> dict:
+    """Encode every needed (file, pass) as a task, then mix and write from the tasks' outputs, as the
+    single-machine build does from its own encoding. Which passes an upsampled label needs shows only once
+    earlier passes are encoded (documents' lengths decide the mix), so passes beyond the first are added in
+    rounds, each a dry run of the mix over what is encoded."""
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out}: output already exists (pass overwrite=true to replace it)")
+    manifest = _corpus_manifest(corpus_dir)
+    if "documents" not in manifest:
+        raise UserError(f"{corpus_dir}/manifest.json: no per-file document counts (a corpus built before they "
+                        "were recorded); rebuild the corpus to encode it on a cluster")
+    files = {}  # (split, label) -> [(name, documents, first index)]
+    for split, source in (("train", "train"), ("heldout", "heldout"), ("heldout_fim", "heldout")):
+        for label in weights if split != "heldout_fim" else [l for l in weights if l == CODE_LABEL]:
+            names, counts = manifest["shards"][source].get(label, []), manifest["documents"][source].get(label, [])
+            firsts = np.cumsum([0, *counts])[:-1]
+            files[split, label] = list(zip(names, counts, (int(f) for f in firsts)))
+
+    def tasks_for(split: str, label: str, passes: int) -> list[Task]:
+        return [Task(_task_key(split, label, i, passes), (corpus_dir / name).stat().st_size,
+                     (str(corpus_dir), str(tok_dir), name, split, label, passes, first, plans[split], seed, mode,
+                      dtype.str))
+                for i, (name, n, first) in enumerate(files[split, label])]
+
+    work = work_folder(cluster, out)
+    job = {"config": config, "corpus": str(corpus_dir), "corpus_created": manifest["created"],
+           "tokenizer": tok_info["sha256"]}
+    tasks = [t for (split, label) in files for t in tasks_for(split, label, 0)]
+    encoded_passes = {label: 1 for label in weights}
+
+    def stream(split: str, label: str) -> Iterator[tuple[FimSample, np.ndarray]]:
+        return _task_stream(work, files[split, label], split, label, limits[split][label],
+                            encoded_passes[label] if split == "train" else 1, dtype)
+
+    with connected(cluster):
+        while True:
+            summaries = run_tasks("shards", _encode_file, tasks, work, cluster, job)
+            try:  # a dry run of the mix: lengths only (memory-mapped slices are not read)
+                for _ in mixed({l: stream("train", l) for l in weights}, weights, n_docs["train"], max_tokens):
+                    pass
+            except _MissingPass as missing:
+                tasks += tasks_for("train", missing.label, missing.passes)
+                encoded_passes[missing.label] = missing.passes + 1
+                continue
+            break
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        train = mixed(
-            {l: stream("train", l, int(np.ceil(max_repeats * n_docs["train"][l])), fim_plan("train", l, fim))
-             for l in weights},
-            weights, n_docs["train"], max_tokens,
-        )
-        _write_split(train, tmp / "train", shard_tokens, splits["train"], max_tokens)
-        heldout = ((l, *item) for l in weights for item in stream("heldout", l, n_docs["heldout"][l], plain))
-        _write_split(heldout, tmp / "heldout", shard_tokens, splits["heldout"])
-        infill_config = dataclasses.replace(fim, rate=1.0)
-        with open(tmp / "infill.jsonl", "w", encoding="utf-8") as f:
-            infill = (
-                (l, *item)
-                for l in infill_labels
-                for item in stream("heldout", l, n_docs["heldout"][l], fim_plan("heldout_fim", l, infill_config))
-            )
-            _write_split(_recorded(infill, f), tmp / "heldout_fim", shard_tokens, splits["heldout_fim"])
-        for split in ("train", "heldout"):
-            for label, c in splits[split].labels.items():
-                c.passes = c.documents / n_docs[split][label] if n_docs[split][label] else 0.0
-        for label, c in splits["heldout_fim"].labels.items():
-            c.passes = splits["heldout"].labels[label].passes
-        manifest = write_manifest(
-            tmp,
-            stage="shards",
-            config={
-                "mixture": weights,
-                "fim": asdict(fim),
-                "mode": mode,
-                "seed": seed,
-                "shard_tokens": shard_tokens,
-                "max_tokens": max_tokens,
-                "max_repeats": max_repeats,
-            },
-            inputs={"corpus": str(corpus_dir), "tokenizer": str(tok_dir)},
-            tokenizer={"sha256": tok_sha, "vocab_size": tok.vocab_size, "morpheme_aware": tok.morpheme_aware},
-            dtype=dtype.str,
-            eot_id=EOT_ID,
-            infill={"file": "infill.jsonl", "documents": splits["heldout_fim"].documents},
-            splits={split: asdict(counts) for split, counts in splits.items()},
-        )
-    print(f"shards: {out} (train {splits['train'].tokens:,} tokens in {len(splits['train'].shards)} shard(s), "
-          f"FIM rate {splits['train'].fim_rate:.2f}; held out {splits['heldout'].tokens:,} tokens)")
-    return manifest
+        result = _write_splits(tmp, stream, weights, n_docs, max_tokens, shard_tokens, dtype, config, inputs,
+                               tok_info, tasks=summaries_table(summaries))
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _task_stream(work: Path, files: list[tuple[str, int, int]], split: str, label: str, limit: int, passes: int,
+                 dtype: np.dtype) -> Iterator[tuple[FimSample, np.ndarray]]:
+    """The (sample, ids) of one label's documents from encoded tasks, pass after pass, up to `limit`;
+    raises _MissingPass where the next pass is not encoded. Samples carry their layout, and for heldout_fim
+    their text parts (the infill set)."""
+    taken, p = 0, 0
+    while taken < limit and any(n for _, n, _ in files):
+        if p == passes:
+            raise _MissingPass(label, p)
+        for i, _ in enumerate(files):
+            task = work / "tasks" / _task_key(split, label, i, p)
+            ids = np.memmap(task / "ids.bin", dtype=dtype, mode="r") if (task / "ids.bin").stat().st_size else []
+            docs = np.load(task / "docs.npy")
+            records = open(task / "infill.jsonl", encoding="utf-8") if split == "heldout_fim" else None
+            start = 0
+            for length, m in docs:
+                if taken == limit:
+                    break
+                sample = FimSample(**json.loads(next(records))) if records else FimSample(MODES[m], "")
+                yield sample, ids[start:start + length]
+                start += length
+                taken += 1
+            if records:
+                records.close()
+            if taken == limit:
+                return
+        p += 1
 
 
 def _recorded(items, f: IO[str]):
