@@ -162,3 +162,15 @@ def postgres_server():
 def postgres_url(postgres_server) -> str:
     """The URL of a fresh, empty PostgreSQL database for one test."""
     return postgres_server.new_database()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray instance with two worker CPUs, shared by the cluster tests (starting one takes seconds);
+    the data stages join it instead of starting their own."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             object_store_memory=100 << 20)
+    yield
+    ray.shutdown()

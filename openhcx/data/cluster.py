@@ -64,6 +64,9 @@ class Task:
     key: str
     size: int
     args: Any
+    stamp: Any = None
+    """What the task's input was (e.g. path, size and mtime): a finished task whose stamp differs is stale
+    and runs again."""
 
 
 def work_folder(cluster: Cluster, out: str | Path) -> Path:
@@ -83,6 +86,7 @@ def run_task(fn: Callable[[Any, Path], dict], task: Task, work: str) -> dict:
         summary = fn(task.args, tmp)
         summary["task"] = {"host": socket.gethostname(), "pid": os.getpid(), "started": start,
                            "seconds": round(time.time() - start, 3)}
+        summary["stamp"] = task.stamp
         write_json(tmp / "summary.json", summary)
         try:
             tmp.rename(final)
@@ -102,8 +106,8 @@ def run_tasks(name: str, fn: Callable[[Any, Path], dict], tasks: list[Task], wor
               job: dict) -> dict[str, dict]:
     """Run every task not finished in `work` on the cluster; return each task's summary by key.
 
-    `job` describes the work (config and inputs): a work folder left by a different job is refused rather
-    than mixed in. Raises UserError listing every failed task once all others have finished.
+    `job` describes the work (its config): a work folder left by a different job is refused rather than
+    mixed in; a finished task whose input changed since (its `stamp`) runs again. Raises UserError listing every failed task once all others have finished.
     """
     if len({t.key for t in tasks}) != len(tasks):
         raise ValueError("task keys must be unique")
@@ -112,15 +116,23 @@ def run_tasks(name: str, fn: Callable[[Any, Path], dict], tasks: list[Task], wor
     job = json.loads(json.dumps(job))  # as it reads back: lists, not tuples
     if job_file.is_file():
         if json.loads(job_file.read_text(encoding="utf-8")) != job:
-            raise UserError(f"{work}: holds the finished tasks of a different {name} job (other config or inputs); "
+            raise UserError(f"{work}: holds the finished tasks of a different {name} job (another config); "
                             "delete it, or rerun the command that started it")
     else:
         write_json(job_file, job)
     (work / "tasks").mkdir(exist_ok=True)
     for stale in (work / "tasks").glob(".*.tmp-*"):  # left by workers killed with an earlier driver
         shutil.rmtree(stale, ignore_errors=True)
-    done = {t.key: json.loads((work / "tasks" / t.key / "summary.json").read_text(encoding="utf-8"))
-            for t in tasks if (work / "tasks" / t.key / "summary.json").is_file()}
+    done = {}
+    for task in tasks:
+        path = work / "tasks" / task.key
+        if (path / "summary.json").is_file():
+            summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+            if summary["stamp"] == json.loads(json.dumps(task.stamp)):
+                done[task.key] = summary
+            else:
+                log.warning("%s: task %s's input changed since it ran; running it again", name, task.key)
+                shutil.rmtree(path)
     todo = [t for t in tasks if t.key not in done]
     print(f"{name}: {len(tasks)} tasks, {len(done)} finished before, {len(todo)} to run ({work})", flush=True)
     if todo:

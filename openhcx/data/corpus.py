@@ -398,11 +398,11 @@ def _build_on_cluster(sources, files, out, config, inputs, filters, heldout_frac
                       cluster: Cluster) -> dict:
     if Path(out).exists() and not overwrite:
         raise UserError(f"{out}: output already exists (pass overwrite=true to replace it)")
-    tasks = [Task(f"{i:03d}-{j:06d}", path.stat().st_size, (source, str(path), filters, heldout_fraction, shard_docs))
+    tasks = [Task(f"{i:03d}-{j:06d}", path.stat().st_size, (source, str(path), filters, heldout_fraction, shard_docs),
+                  stamp=[str(path), path.stat().st_size, path.stat().st_mtime_ns])
              for i, (source, paths) in enumerate(zip(sources, files)) for j, path in enumerate(paths)]
     work = work_folder(cluster, out)
-    inputs_seen = {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for paths in files for p in paths}
-    summaries = run_tasks("corpus", _clean_file, tasks, work, cluster, {"config": config, "files": inputs_seen})
+    summaries = run_tasks("corpus", _clean_file, tasks, work, cluster, {"config": config})
     with atomic_dir(out, overwrite=overwrite) as tmp:
         per_source = [Counts() for _ in sources]
         names = {split: {} for split in SPLITS}
