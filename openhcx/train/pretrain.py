@@ -33,7 +33,7 @@ from openhcx.model.transformer import ModelConfig, Transformer, model_config
 from openhcx.pipeline.evaluation import checkpoint_callbacks
 from openhcx.train.callbacks import LossCurve, MetricsLog, ProgressBar, read_metrics
 from openhcx.train.checkpoint import FULL, Checkpointer, drop_temporaries, latest_valid, restore
-from openhcx.train.distributed import PARALLEL, World, broadcast_object, close_world, init_world, wrap
+from openhcx.train.distributed import PARALLEL, World, broadcast_object, joined, wrap
 from openhcx.train.trainer import TrainConfig, Trainer, measured_peak_flops
 
 
@@ -129,15 +129,12 @@ def pretrain(
     from openhcx.data.shards import TokenLoader, check_compatible
 
     check_compatible(shards, tokenizer)
-    world = init_world()
-    try:
+    with joined() as world:
         loader = TokenLoader(shards, split="train", seed=seed, rank=world.rank, world_size=world.size)
         path = run_pretraining(plan, loader, world)
         if world.is_main:
             print(summary(path, plan.out / "manifest.json", time.perf_counter() - started))
         return path
-    finally:
-        close_world(world)
 
 
 def summary(path: Path, manifest: Path, seconds: float) -> str:

@@ -35,7 +35,7 @@ from openhcx.model.transformer import Transformer, last_real
 from openhcx.tokenizer.tokenizer import PAD, Tokenizer
 from openhcx.train.batching import EpochLoader, Shape, pad_right, token_budget_batches
 from openhcx.train.callbacks import read_metrics
-from openhcx.train.distributed import World, close_world, init_world
+from openhcx.train.distributed import World, joined
 from openhcx.train.losses import IGNORE_INDEX, bradley_terry_loss
 from openhcx.train.sft import (RunPlan, check_run_args, final_weights, heldout_split, run_plan,
                                train_config)
@@ -272,14 +272,11 @@ def train_reward(
     """
     args = {k: v for k, v in locals().items()}
     started = time.perf_counter()
-    world = init_world()
-    try:
+    with joined() as world:
         path = run_reward(args, world)
         if world.is_main:
             print(summary(path, Path(out) / "manifest.json", time.perf_counter() - started))
         return path
-    finally:
-        close_world(world)
 
 
 def summary(path: Path, manifest: Path, seconds: float) -> str:

@@ -33,7 +33,7 @@ from openhcx.train.batching import EpochLoader, Shape, TokenBudgetTrainer, pad_r
 from openhcx.pipeline.evaluation import checkpoint_callbacks
 from openhcx.train.callbacks import LossCurve, MetricsLog, ProgressBar, read_metrics
 from openhcx.train.checkpoint import FULL, Checkpointer, drop_temporaries, latest_valid, restore
-from openhcx.train.distributed import PARALLEL, World, broadcast_object, close_world, init_world, wrap
+from openhcx.train.distributed import PARALLEL, World, broadcast_object, joined, wrap
 from openhcx.train.losses import IGNORE_INDEX
 from openhcx.train.trainer import Callback, StepMetrics, TrainConfig, Trainer, measured_peak_flops, to_device
 
@@ -305,14 +305,11 @@ def sft(
     """
     args = {k: v for k, v in locals().items()}
     started = time.perf_counter()
-    world = init_world()
-    try:
+    with joined() as world:
         path = run_sft(args, world)
         if world.is_main:
             print(summary(path, Path(out) / "manifest.json", time.perf_counter() - started))
         return path
-    finally:
-        close_world(world)
 
 
 def summary(path: Path, manifest: Path, seconds: float) -> str:
