@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from openhcx.data.cluster import Cluster
+from openhcx.data.cluster import Cluster, Task, run_tasks
 from openhcx.data.corpus import Source, build_corpus, iter_documents
 from openhcx.data.shards import build_shards
 from openhcx.io import UserError
@@ -111,6 +111,30 @@ def test_bad_input_in_one_file_is_named_and_the_other_files_work_is_kept(ray_clu
         build_corpus(sources, str(tmp_path / "d"), shard_docs=30, cluster=Cluster())
     with pytest.raises(UserError, match="different corpus job"):
         build_corpus(sources, str(tmp_path / "d"), shard_docs=31, cluster=Cluster())
+
+
+def test_a_task_whose_io_fails_is_retried_then_reported(ray_cluster, tmp_path):
+    def flaky(attempts: str, out: Path) -> dict:
+        """Fails with an I/O error on its first attempt ("once") or on every one ("always")."""
+        log = Path(attempts)
+        log.write_text(log.read_text() + "x")
+        tries = len(log.read_text())
+        if log.name == "always" or tries == 1:
+            raise OSError(f"{log}: the file system went away for a moment")
+        (out / "data").write_text("ok")
+        return {"tries": tries}
+
+    for name in ("once", "always"):
+        (tmp_path / name).write_text("")
+    tasks = [Task(name, 1, str(tmp_path / name)) for name in ("once", "always")]
+    with pytest.raises(UserError) as caught:
+        run_tasks("flaky", flaky, tasks, tmp_path / "work", Cluster(retries=2), {"config": 0})
+    message = str(caught.value)
+    assert "1 of 2 tasks failed" in message
+    assert "task always: OSError on each of 3 attempts" in message and "went away for a moment" in message
+    assert (tmp_path / "always").read_text() == "xxx"  # the first attempt and two retries
+    assert (tmp_path / "work/tasks/once/data").read_text() == "ok"
+    assert json.loads((tmp_path / "work/tasks/once/summary.json").read_text())["tries"] == 2
 
 
 def finished(work: Path) -> dict[str, dict]:

@@ -3,8 +3,9 @@
 The corpus and shard stages split their work into tasks (one input file each) that write into a task
 directory of a shared work folder; a task's directory appears, by rename, only once the task finished, so a
 rerun of the same command runs only the tasks without one. Ray reruns a task whose worker process or node
-died (`retries`); a task that meets bad input (a UserError naming the file and line) fails alone, the others
-finish, and the job ends with every failure listed. The stage merges the task outputs and writes its
+died, or whose reads or writes failed (an OSError: a file system or network hiccup), up to `retries` times;
+a task that meets bad input (a UserError naming the file and line) fails alone, at once, the others finish,
+and the job ends with every failure listed. The stage merges the task outputs and writes its
 manifest only after every task finished, then removes the work folder.
 
 Why Ray: it starts on one machine (`ray.init`) as on a cluster of many (KubeRay, `ray start` on Slurm
@@ -44,7 +45,8 @@ class Cluster:
     workers: int = 0
     """local only: CPUs, hence tasks at a time (0: every core of this machine)."""
     retries: int = 3
-    """Times a task is rerun after its worker process or node died (bad input is never retried)."""
+    """Times a task is rerun after its worker process or node died or an I/O error stopped it (bad input is
+    never retried)."""
     work_dir: str | None = None
     """Finished tasks' outputs until the merge (default: `.NAME.work` beside the output). Every node must
     see it at the same path (a shared file system) and it must hold about the size of the output."""
@@ -96,6 +98,8 @@ def run_task(fn: Callable[[Any, Path], dict], task: Task, work: str) -> dict:
         return json.loads((final / "summary.json").read_text(encoding="utf-8"))
     except UserError as e:
         return {"error": str(e)}
+    except OSError:  # the file system or the network, perhaps for a moment: Ray runs the task again
+        raise
     except Exception as e:  # a bug: reported with its trace, the other tasks go on
         return {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
     finally:
@@ -174,7 +178,7 @@ def _run_on_ray(name: str, fn, tasks: list[Task], work: Path, cluster: Cluster, 
 
     with connected(cluster):
         remote = ray.remote(run_task).options(name=f"openhcx-{name}", num_cpus=1, max_retries=cluster.retries,
-                                              retry_exceptions=False)
+                                              retry_exceptions=[OSError])
         pending = {remote.remote(fn, task, str(work)): task for task in tasks}
         results = {}
         with tqdm(desc=name, total=total_size, initial=done_size, unit="B", unit_scale=True, disable=None) as bar:
@@ -183,6 +187,9 @@ def _run_on_ray(name: str, fn, tasks: list[Task], work: Path, cluster: Cluster, 
                 task = pending.pop(ready[0])
                 try:
                     results[task.key] = ray.get(ready[0])
+                except ray.exceptions.RayTaskError as e:  # an I/O error on every attempt
+                    results[task.key] = {"error": f"{type(e.cause).__name__} on each of {cluster.retries + 1} "
+                                                  f"attempts: {e.cause}"}
                 except ray.exceptions.RayError as e:  # lost more often than `retries` allows
                     results[task.key] = {"error": f"{type(e).__name__}: {e}"}
                 bar.update(task.size)
