@@ -58,6 +58,13 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _user_error_behind(e: BaseException) -> UserError | None:
+    """The UserError that caused `e`, if any: jsonargparse wraps what a config's own checks raise."""
+    while e is not None and not isinstance(e, UserError):
+        e = e.__cause__
+    return e
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Longest match first: "tokenizer train" before a one-word command.
@@ -75,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         CLI(load_function(COMMANDS[name]), args=args, prog=f"openhcx {name}", as_positional=False)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # a typed config refusing a value (e.g. cluster.workers) while the CLI builds it
+        if (refused := _user_error_behind(e)) is None:
+            raise
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -29,9 +29,10 @@ def stage_args(fn: Callable, section: dict, where: str, **fixed) -> dict:
     parser = _parser(fn)
     try:
         ns = parser.parse_object({**section, **fixed})
+        # Typed configs check their own values when built (e.g. Cluster's workers), so building is checking too.
+        return parser.instantiate_classes(ns).as_dict() if isinstance(ns, Namespace) else dict(ns)
     except Exception as e:  # jsonargparse reports the key; we add the file and section
         raise UserError(f"{where}: {e}".strip()) from None
-    return parser.instantiate_classes(ns).as_dict() if isinstance(ns, Namespace) else dict(ns)
 
 
 def load_recipe(path: str | Path, stages: set[str]) -> dict[str, dict]:

@@ -51,6 +51,13 @@ def test_missing_and_empty_corpus(tmp_path):
     assert not out.exists() and not (tmp_path / "tok").exists()
 
 
+def test_a_typed_config_s_own_check_is_a_clear_error(tmp_path):
+    r = openhcx("shards", "build", "--corpus", str(tmp_path / "c"), "--tokenizer", str(tmp_path / "t"), "--out",
+                str(tmp_path / "o"), "--cluster.workers", "-1")
+    assert r.returncode == 2 and "error: cluster.workers: -1 must be 0 (every core) or more" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
 def test_tiny_vocabulary_and_unknown_recipe_key(demo_corpus, tmp_path):
     r = openhcx("tokenizer", "train", "--corpus", str(demo_corpus), "--out", str(tmp_path / "tok"),
                 "--vocab_size", "100")

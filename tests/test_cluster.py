@@ -202,3 +202,16 @@ def test_killed_worker_and_driver_resume_without_redoing_finished_tasks(demo_tok
     assert len(manifest["tasks"]) > len(done) and not work.exists()
     reference = build_shards(str(corpus), str(demo_tokenizer), str(tmp_path / "one"), shard_tokens=30000)
     same_shards(reference, manifest, tmp_path / "one", out)
+
+
+def test_a_recipe_section_s_cluster_mapping_is_typed_and_checked():
+    from openhcx.recipe import stage_args
+
+    section = {"sources": [{"path": "in/*.jsonl.gz", "label": "ko"}], "cluster": {"address": "auto", "retries": 5}}
+    args = stage_args(build_corpus, section, "recipe.yaml:corpus", out="corpus")
+    assert args["cluster"] == Cluster(address="auto", retries=5)
+    with pytest.raises(UserError, match=r"(?s)recipe\.yaml:corpus.*cluster.*wrkers"):
+        stage_args(build_corpus, {**section, "cluster": {"wrkers": 2}}, "recipe.yaml:corpus", out="corpus")
+    with pytest.raises(UserError, match=r"cluster\.workers: -1"):
+        stage_args(build_shards, {"cluster": {"workers": -1}}, "recipe.yaml:shards", corpus="c", tokenizer="t",
+                   out="o")
