@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_shards import split_tokens
 
 from openhcx.io import UserError
 from openhcx.model.transformer import model_config
@@ -45,9 +46,7 @@ def data(tmp_path_factory) -> dict:
 
 def unigram_entropy(shards: str) -> float:
     """Entropy in nats of the training split's token frequencies: what a model that learned only them scores."""
-    manifest = json.loads((Path(shards) / "manifest.json").read_text(encoding="utf-8"))
-    ids = np.concatenate([np.fromfile(Path(shards) / s["file"], dtype=manifest["dtype"])
-                          for s in manifest["splits"]["train"]["shards"]])
+    ids = split_tokens(Path(shards), "train")
     p = np.bincount(ids) / len(ids)
     p = p[p > 0]
     return float(-(p * np.log(p)).sum())
