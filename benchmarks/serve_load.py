@@ -102,16 +102,17 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 
 def timed(server: subprocess.Popen, url: str, coro) -> tuple:
-    """Run a pass; also return the CPU seconds the server and this client spent on it, and the engine's mean
-    rows per decoding step."""
+    """Run a pass; also return the CPU seconds the server (its HTTP and engine processes) and this client spent
+    on it, and the engine's mean rows per decoding step."""
     engine = httpx.get(f"{url}/health").json()
-    before = cpu_seconds(server.pid), cpu_seconds()
+    served = lambda: cpu_seconds(server.pid) + cpu_seconds(engine["engine_pid"])  # noqa: E731 (HTTP + engine)
+    before = served(), cpu_seconds()
     out = asyncio.run(coro)
     after = httpx.get(f"{url}/health").json()
     rows = (after["generated_tokens"] - engine["generated_tokens"]) / max(1, after["steps"] - engine["steps"]
                                                                          + after["prefills"] - engine["prefills"])
     busy, prefill = after["busy_s"] - engine["busy_s"], after["prefill_s"] - engine["prefill_s"]
-    return out, cpu_seconds(server.pid) - before[0], cpu_seconds() - before[1], rows, busy, prefill
+    return out, served() - before[0], cpu_seconds() - before[1], rows, busy, prefill
 
 
 def summary(name: str, results: list[dict], wall: float, cpu: tuple[float, ...]) -> dict:

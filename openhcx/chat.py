@@ -179,9 +179,14 @@ def load(model: str, device: str = "cpu", dtype: str | None = None) -> tuple[Tra
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     net, _ = load_checkpoint(directory, dtype=DTYPES[dtype] if dtype else None, device=device)
-    codec = openhcx_codec(directory) if is_openhcx_tokenizer(directory) else transformers_codec(
+    return net.eval(), load_codec(directory)
+
+
+def load_codec(model: str | Path) -> TextCodec:
+    """The text codec of a checkpoint directory (its tokenizer and chat template), without the weights."""
+    directory = require_file(model, "model directory")
+    return openhcx_codec(directory) if is_openhcx_tokenizer(directory) else transformers_codec(
         directory, _eos_ids(directory))
-    return net.eval(), codec
 
 
 @dataclass

@@ -334,23 +334,20 @@ def test_a_disconnect_storm_leaks_no_row_or_request(server, client, local):
                                      temperature=0).choices[0].text == want.text
 
 
-def test_the_cli_serves_and_chat_and_the_harness_talk_to_it(chat_checkpoint, local, tmp_path):
-    """`openhcx serve` as users start it; `openhcx chat --server` and the harness's OpenAI-compatible generator
-    get from it what they get from the checkpoint itself."""
+@contextmanager
+def cli_server(checkpoint, *options: str):
+    """`openhcx serve CHECKPOINT` as users start it, on a free port: (url, process); terminated at the end."""
     import socket
     import subprocess
     import sys
-
-    from openhcx.chat import run_chat
-    from openhcx.eval.generation import GenRequest, LocalGenerator, open_generator
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    cli = [sys.executable, "-m", "openhcx.cli"]
-    server = subprocess.Popen([*cli, "serve", str(chat_checkpoint), "--port", str(port), "--served_model_name", "tiny",
-                               "--log_level", "warning"], stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen([sys.executable, "-m", "openhcx.cli", "serve", str(checkpoint), "--port", str(port),
+                               "--served_model_name", "tiny", "--log_level", "warning", *options],
+                              stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -360,9 +357,27 @@ def test_the_cli_serves_and_chat_and_the_harness_talk_to_it(chat_checkpoint, loc
             except httpx.TransportError:
                 assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
                 time.sleep(0.2)
+        yield url, server
+    finally:
+        if server.poll() is None:
+            server.terminate()
+        server.wait(30)
+
+
+def test_the_cli_serves_and_chat_and_the_harness_talk_to_it(chat_checkpoint, local, tmp_path):
+    """`openhcx serve` as users start it; `openhcx chat --server` and the harness's OpenAI-compatible generator
+    get from it what they get from the checkpoint itself."""
+    import subprocess
+    import sys
+
+    from openhcx.chat import run_chat
+    from openhcx.eval.generation import GenRequest, LocalGenerator, open_generator
+
+    with cli_server(chat_checkpoint) as (url, server):
         lines = "안녕하세요\nThe cat sat?\n/reset\ndef add\n"
-        done = subprocess.run([*cli, "chat", "--server", url, "--temperature", "0", "--repetition_penalty", "1.0",
-                               "--max_new_tokens", "12"], input=lines, capture_output=True, text=True, timeout=120)
+        done = subprocess.run([sys.executable, "-m", "openhcx.cli", "chat", "--server", url, "--temperature", "0",
+                               "--repetition_penalty", "1.0", "--max_new_tokens", "12"],
+                              input=lines, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         net, codec = local
         want = StringIO()
@@ -373,11 +388,67 @@ def test_the_cli_serves_and_chat_and_the_harness_talk_to_it(chat_checkpoint, loc
         requests += [GenRequest((("user", "안녕하세요"),), max_new_tokens=16, stop=("요",))]
         remote = dict(open_generator(f"{url}#tiny").generate(requests))
         assert remote == dict(LocalGenerator(chat_checkpoint).generate(requests))
-    finally:
+        engine = httpx.get(f"{url}/health").json()["engine_pid"]
+        assert engine != server.pid and alive(engine)
         server.terminate()
-        server.wait(30)
-    log = server.stderr.read()  # uvicorn shuts down, then re-raises SIGTERM: the exit status is -15
+        assert server.wait(30) == 0
+        assert not alive(engine)  # stopped and reaped before the server exits
+    log = server.stderr.read()
     assert "serving 'tiny'" in log and "Traceback" not in log, log
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_an_engine_process_that_dies_fails_open_requests_and_stops_the_server(chat_checkpoint):
+    """The engine decodes in a process of its own: if it dies, a stream in progress ends with an error event
+    naming it, and the server exits 1 saying why rather than accepting requests it can never answer."""
+    import os
+    import signal
+
+    with cli_server(chat_checkpoint) as (url, server):
+        engine = httpx.get(f"{url}/health").json()["engine_pid"]
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        os.kill(engine, signal.SIGSTOP)  # both requests below stay open, however soon the model would end them
+        whole: list[Exception] = []
+
+        def ask() -> None:
+            try:
+                client.completions.create(model="tiny", prompt="The cat sat", max_tokens=8)
+            except openai.APIError as e:
+                whole.append(e)
+
+        waiting = threading.Thread(target=ask)
+        waiting.start()
+        chunks = iter(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "안녕"}],
+                                                     max_tokens=8, stream=True))
+        assert next(chunks).choices[0].delta.role == "assistant"
+        while httpx.get(f"{url}/health").json()["requests"] < 2:
+            time.sleep(0.02)
+        os.kill(engine, signal.SIGKILL)
+        with pytest.raises(openai.APIError, match=r"the engine process stopped \(exit code -9\)"):
+            for _ in chunks:
+                pass
+        waiting.join(30)
+        assert isinstance(whole[0], openai.InternalServerError) and "engine process stopped" in str(whole[0])
+        assert server.wait(30) == 1
+def test_a_killed_server_takes_its_engine_process_along(chat_checkpoint):
+    import os
+    import signal
+
+    with cli_server(chat_checkpoint) as (url, server):
+        engine = httpx.get(f"{url}/health").json()["engine_pid"]
+        os.kill(server.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while alive(engine) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(engine)
 
 
 def test_remote_chat_drops_the_oldest_exchanges_when_the_server_says_too_long(chat_checkpoint):

@@ -44,7 +44,9 @@ def test_generated_requests_never_get_a_server_error(target, mode):
     check()
     print(mode.value, dict(sorted(seen.items())))
     if mode == GenerationMode.POSITIVE:
-        assert seen.get(200, 0) >= 30, seen  # the fuzzing reached decoding
+        # The fuzzing reached decoding. Which examples are drawn shifts with what ran before in the session
+        # (28 and 48 of these 300 decoded, alone and after the CLI tests), hence a bound below both.
+        assert seen.get(200, 0) >= 20, seen
     else:
         assert seen.get(400, 0) >= 100, seen
 

@@ -1,7 +1,8 @@
 """`openhcx serve`: a checkpoint behind the OpenAI API, on uvicorn, decoding with continuous batching.
 
-engine.py batches the running requests; api.py is the HTTP side. For many GPUs, paged attention or tensor
-parallelism, serve the same checkpoint directory with vLLM, SGLang or TGI (docs/serve.md).
+engine.py batches the running requests, process.py runs that engine in a process of its own, api.py is the HTTP
+side. For many GPUs, paged attention or tensor parallelism, serve the same checkpoint directory with vLLM, SGLang
+or TGI (docs/serve.md).
 """
 
 from __future__ import annotations
@@ -19,21 +20,21 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def open_server(model: str, *, served_model_name: str | None = None, api_key: str | None = None,
                 max_batch: int = 16, max_context: int | None = None, max_tokens: int = 2048, max_n: int = 8,
                 max_concurrent: int = 64, max_body_bytes: int = 1 << 20, device: str = "cpu",
-                dtype: str | None = None, background: bool = True):
+                dtype: str | None = None, threads: int | None = None, on_exit=None):
     """(ASGI app, engine, served name) for a checkpoint directory: what `serve` runs, and what tests start.
-    With `background`, the engine decodes in a thread of its own; otherwise the caller runs `engine.run()`."""
-    from openhcx.chat import load
+    The engine decodes in a process of its own (openhcx.serve.process); `close()` it when done."""
+    from openhcx.chat import load_codec
     from openhcx.serve.api import Limits, body_limit, build_app
-    from openhcx.serve.engine import Engine
+    from openhcx.serve.process import EngineProcess
 
     limits = Limits(max_tokens=max_tokens, max_n=max_n, max_concurrent=max_concurrent, max_body_bytes=max_body_bytes)
     for key in ("max_tokens", "max_n", "max_concurrent", "max_body_bytes"):
         if getattr(limits, key) < 1:
             raise UserError(f"{key}={getattr(limits, key)}: at least 1")
-    net, codec = load(model, device, dtype)
+    codec = load_codec(model)
+    engine = EngineProcess(model, device=device, dtype=dtype, threads=threads, on_exit=on_exit,
+                           max_batch=max_batch, max_context=max_context)
     codec.encode("안녕하세요. Hello.")  # loads the morpheme analyser now, not on the first request
-    engine = Engine(net, codec.decode, max_batch=max_batch, max_context=max_context, pad_id=codec.pad_id,
-                    background=background)
     name = served_model_name or Path(model).resolve().name
     app = build_app(engine, codec, name, limits, api_key)
     return body_limit(app, max_body_bytes), engine, name
@@ -59,50 +60,54 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, served_model_na
         max_body_bytes: Largest request body; larger ones get 413.
         device: Torch device, e.g. cpu or cuda.
         dtype: Weight dtype (float32, bfloat16, float16); default: as saved.
-        threads: torch's CPU threads for decoding; default: one core fewer than the machine has (at least 1),
-            leaving one to HTTP and tokenization.
+        threads: torch's CPU threads in the engine process; default: one core fewer than the machine has (at
+            least 1), leaving one to HTTP and tokenization. (Decoding's OpenMP threads wait for each other at
+            every op, so one on a core that HTTP holds stalls the whole step.)
         log_level: uvicorn's log level (critical, error, warning, info, debug).
     """
     import signal
     import threading
 
-    import torch
     import uvicorn
 
-    # Decoding's OpenMP threads wait for each other at every op, so one of them on a core that HTTP or
-    # tokenization holds stalls the whole step (docs/benchmarks.md, "Serving": both cores for torch made batched
-    # steps about 3x slower under load on 2 cores).
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
     api_key = api_key or os.environ.get("OPENHCX_API_KEY") or None
+    died: list[int | None] = []
+    server: uvicorn.Server | None = None
+
+    def engine_died(code: int | None) -> None:
+        died.append(code)
+        if server is not None:
+            server.should_exit = True
+
     app, engine, name = open_server(model, served_model_name=served_model_name, api_key=api_key,
                                     max_batch=max_batch, max_context=max_context, max_tokens=max_tokens,
                                     max_n=max_n, max_concurrent=max_concurrent, max_body_bytes=max_body_bytes,
-                                    device=device, dtype=dtype, background=False)
+                                    device=device, dtype=dtype, threads=threads, on_exit=engine_died)
     if host not in LOOPBACK and api_key is None:
         print(f"warning: listening on {host} without an API key: anyone who can reach it can use it",
               file=sys.stderr)
     print(f"serving {name!r} at http://{host}:{port}/v1: {engine.max_batch} rows x {engine.max_context} tokens, "
-          f"KV cache {engine.cache_bytes / 2**20:.1f} MiB", file=sys.stderr, flush=True)
+          f"KV cache {engine.cache_bytes / 2**20:.1f} MiB, engine process {engine.pid}", file=sys.stderr, flush=True)
     logging.basicConfig(level=logging.WARNING)
-    # The engine decodes on this (main) thread, where torch's CPU kernels run fastest; uvicorn runs beside it.
+    # uvicorn on a thread of its own, so that its shutdown is ours: stop HTTP, then the engine.
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                            timeout_graceful_shutdown=5))
+    if died:
+        server.should_exit = True
     http = threading.Thread(target=server.run, name="openhcx-http")
 
     def stop(*_) -> None:
         server.should_exit = True
-        engine.close()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     http.start()
-    watcher = threading.Thread(target=lambda: (http.join(), engine.close()), daemon=True)
-    watcher.start()  # the server failing to start (a port in use) stops the engine too
     try:
-        engine.run()
+        http.join()
     finally:
-        server.should_exit = True
-        http.join(30)
+        engine.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if died:
+        raise SystemExit(f"error: the engine process stopped (exit code {died[0]}); the server stopped with it")
     if not server.started:
         raise UserError(f"could not listen on {host}:{port} (see the error above)")

@@ -33,6 +33,7 @@ from openhcx.chat import TextCodec
 from openhcx.io import UserError
 from openhcx.model.generate import Sampling, psm_prompt
 from openhcx.serve.engine import Engine, Event
+from openhcx.serve.process import EngineProcess
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class CompletionRequest(Common):
 # ---- the app -----------------------------------------------------------------------------------------------
 
 
-def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits = Limits(),
+def build_app(engine: Engine | EngineProcess, codec: TextCodec, model_name: str, limits: Limits = Limits(),
               api_key: str | None = None) -> FastAPI:
     """The ASGI app serving `engine` under `model_name`."""
     app = FastAPI(title="OpenHCX", version="1", docs_url=None, redoc_url=None)
@@ -298,7 +299,7 @@ def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits 
         for prompt, j in choices:
             q: asyncio.Queue[Event] = asyncio.Queue()
 
-            def deliver(event: Event, q=q) -> None:  # engine thread -> this loop
+            def deliver(event: Event, q=q) -> None:  # engine (or link) thread -> this loop
                 mailbox.post(q, event)
 
             seeded = sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + j)
@@ -387,8 +388,8 @@ def build_app(engine: Engine, codec: TextCodec, model_name: str, limits: Limits 
 
 
 class Mailbox:
-    """Events from the engine's thread into the event loop, woken once per batch rather than once per token: a
-    step of 32 rows makes one wake-up of the loop, not 32."""
+    """Events from another thread (the engine's, or the link to its process) into the event loop, woken once per
+    batch rather than once per token: a step of 32 rows makes one wake-up of the loop, not 32."""
 
     def __init__(self):
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -72,6 +72,19 @@ class Request:
         return self.sampling.greedy and self.sampling.repetition_penalty == 1.0
 
 
+def check_request(prompt: list[int], sampling: Sampling, max_context: int, closed: bool) -> None:
+    """Why an engine would refuse this request (UserError), checked where it is submitted."""
+    if not prompt:
+        raise UserError("the prompt encodes to no tokens")
+    if len(prompt) >= max_context:
+        raise UserError(f"the prompt has {len(prompt)} tokens; this server's context is {max_context}, "
+                        "prompt and completion together")
+    if sampling.max_new_tokens < 1:
+        raise UserError("max_tokens: at least 1")
+    if closed:
+        raise UserError("the engine is shut down")
+
+
 class Engine:
     """Decodes every submitted request in one batch that grows and shrinks between steps.
 
@@ -125,15 +138,7 @@ class Engine:
                stream: bool = True) -> Request:
         """Queue a prompt; `on_event` gets its text as it comes (`stream`) or all at once, ending with an event
         that has a finish_reason."""
-        if not prompt:
-            raise UserError("the prompt encodes to no tokens")
-        if len(prompt) >= self.max_context:
-            raise UserError(f"the prompt has {len(prompt)} tokens; this server's context is {self.max_context}, "
-                            "prompt and completion together")
-        if sampling.max_new_tokens < 1:
-            raise UserError("max_tokens: at least 1")
-        if self._closed:
-            raise UserError("the engine is shut down")
+        check_request(prompt, sampling, self.max_context, self._closed)
         seed = sampling.seed if sampling.seed is not None else secrets.randbits(62)
         request = Request(list(prompt), sampling, on_event, stream,
                           generator=None if sampling.greedy else torch.Generator().manual_seed(seed),
@@ -155,8 +160,10 @@ class Engine:
 
     # ---- the loop (engine thread) -----------------------------------------------------------------------------
 
-    def run(self) -> None:
-        """The decoding loop, until `close`."""
+    def run(self, after: Callable[[], None] | None = None) -> None:
+        """The decoding loop, until `close`. `after` is called after every pass of the loop and once at the end,
+        on this thread: where a caller delivers a pass's events together (openhcx.serve.process)."""
+        after = after or (lambda: None)
         with torch.inference_mode():
             while not self._closed:
                 self._take(block=not self.rows and not self.waiting)
@@ -176,12 +183,14 @@ class Engine:
                         request.on_event(Event(f"decoding failed: {type(e).__name__}: {e}",
                                                len(request.completion.ids), "error"))
                     self.rows, self.length = [], 0
+                after()
         while not self.inbox.empty():  # requests submitted as the loop stopped end too (and no wake-up is left)
             if (request := self.inbox.get()) is not None:
                 self.waiting.append(request)
         for request in [*self.rows, *self.waiting]:
             request.on_event(Event("the server is shutting down", len(request.completion.ids), "error"))
         self.rows, self.waiting, self.length = [], deque(), 0
+        after()
 
     def _take(self, block: bool) -> None:
         while True:
