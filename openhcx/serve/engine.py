@@ -94,8 +94,8 @@ class Engine:
     separate passes (at most a quarter padding), and a longer prompt goes alone.
     background: run the loop in a thread of its own; otherwise the caller runs it (`run`). On CPU, torch's
     OpenMP matmuls run several times slower outside the main thread (a second thread team contends with the
-    first: 8-row products measured at 170 against 16 us on 2 cores), so `openhcx serve` keeps the loop on the
-    main thread and the HTTP server on another.
+    first: 8-row products measured at 170 against 16 us on 2 cores), so `openhcx serve` runs the loop on the
+    main thread of a process of its own (openhcx.serve.process), the HTTP server in another process.
     """
 
     def __init__(self, model: Transformer, decode: Callable[[list[int]], str], *, max_batch: int = 16,
