@@ -22,7 +22,9 @@ def hostile(canaries: list[Path], port: int, fifo: Path) -> dict[str, str]:
     return {
         "infinite loop": "while True:\n    pass",
         "fork bomb": "import os\nwhile True:\n    os.fork()",
-        "memory bomb": "chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))",
+        # One 8 GB request: refused by the address-space limit at once. (A loop of 10 MB chunks zero-filled each
+        # page first, and on a loaded machine ran into the 1 s CPU limit before the memory one.)
+        "memory bomb": "chunks = [0] * 10**9",
         "huge file": "with open('big', 'wb') as f:\n    while True:\n        f.write(b'0' * 2**20)",
         "delete outside": f"""
 import os, shutil
