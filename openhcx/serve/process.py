@@ -79,8 +79,7 @@ class EngineProcess:
     def submit(self, prompt: list[int], sampling: Sampling, on_event: Callable[[Event], None],
                stream: bool = True) -> Handle:
         """As `Engine.submit`: `on_event` is called on this process's link thread."""
-        check_request(prompt, sampling, self.max_context, self._closed)
-        with self._lock:
+        with self._lock:  # checked under the lock: the link thread may be marking the engine closed
             check_request(prompt, sampling, self.max_context, self._closed)
             rid = next(self._ids)
             self._handlers[rid] = on_event
