@@ -100,14 +100,16 @@ def test_greedy_completions_equal_openhcx_generate_under_concurrency(server, cli
     assert idle(engine)["cache_offset"] == 0
 
 
-def test_waiting_prompts_prefill_together_and_join_the_running_batch(local):
-    """All eight prompts wait before the loop starts (how they arrive over HTTP is up to timing): the first
-    pass admits as many as the rows and the padding rule allow, the rest join as rows free, and every
-    completion still equals `openhcx generate` for its prompt alone."""
+@pytest.mark.parametrize("prefill_tokens", [8192, 1])
+def test_waiting_prompts_prefill_together_and_join_the_running_batch(local, prefill_tokens):
+    """All eight prompts wait before the loop starts (how they arrive over HTTP is up to timing): prompts of
+    like length prefill in one pass, every prompt that fits a row is in before the first step unless the
+    token budget between two steps is spent (a budget of 1 lets one prompt in per step), the rest join as rows
+    free, and every completion still equals `openhcx generate` for its prompt alone."""
     net, codec = local
     sampling = Sampling(max_new_tokens=24, stop_ids=codec.end_ids)
     want = [run_generate(net, codec, [p], sampling, None, StringIO())[0] for p in PROMPTS]
-    engine = Engine(net, codec.decode, max_batch=4, background=False)
+    engine = Engine(net, codec.decode, max_batch=4, prefill_tokens=prefill_tokens, background=False)
     texts, reasons = [""] * len(PROMPTS), [None] * len(PROMPTS)
 
     def on_event(i, event):
@@ -118,14 +120,19 @@ def test_waiting_prompts_prefill_together_and_join_the_running_batch(local):
 
     for i, p in enumerate(PROMPTS):
         engine.submit(codec.encode(p), sampling, lambda e, i=i: on_event(i, e), stream=True)
-    engine.run()
+    passes = []  # rows running after each pass of the loop (admission, then one step)
+    engine.run(after=lambda: passes.append(engine.stats()["running"]))
     assert texts == [c.text for c in want] and reasons == [c.finish_reason for c in want]
     lengths = [len(codec.encode(p)) for p in PROMPTS[:4]]
     first = 1  # the first pass: prompts join while padding stays within a quarter of the pass
     while first < 4 and max(lengths[:first + 1]) * (first + 1) <= 1.25 * sum(lengths[:first + 1]):
         first += 1
+    assert 1 < first < 4  # the first four prompts need two passes: the test sees both kinds of admission
     stats = engine.stats()
-    assert first > 1 and stats["prefills"] <= len(PROMPTS) - first + 1
+    if prefill_tokens > sum(lengths):
+        assert passes[0] == 4 and stats["prefills"] <= len(PROMPTS) - first + 1
+    else:
+        assert passes[:4] == [1, 2, 3, 4] and stats["prefills"] == len(PROMPTS)
     assert stats["running"] == 0 and stats["waiting"] == 0 and stats["cache_offset"] == 0
 
 

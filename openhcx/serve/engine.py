@@ -6,7 +6,8 @@ openhcx.model.generate's left-padded batches: a newly admitted prompt is written
 others end (the slots before it marked unused), so a step feeds every row its last token in one (n, 1) pass.
 Between steps the loop
 - retires rows that finished or whose client went away, moving the last occupied row into the freed one;
-- admits waiting requests (several prompts prefill together in one left-padded pass, up to a token budget);
+- admits every waiting request that fits (prompts of like length prefill together in one left-padded pass, up
+  to a token budget between two steps);
 - compacts the cache when the shared offset runs far past the longest row (one copy shifting every row left).
 RoPE positions count each row's own real tokens, so a request decodes as it would alone; with one request at a
 time its tokens equal openhcx.model.generate's exactly.
@@ -90,8 +91,8 @@ class Engine:
 
     max_batch: rows decoded together (the KV cache holds this many sequences).
     max_context: tokens per sequence, prompt plus completion (default: the model's max_seq_len).
-    prefill_tokens: most prompt tokens (padded) prefilled in one pass; prompts of very different lengths go in
-    separate passes (at most a quarter padding), and a longer prompt goes alone.
+    prefill_tokens: most prompt tokens (padded) prefilled between two steps; prompts of very different lengths
+    go in separate forward passes (at most a quarter padding), and a longer prompt goes alone.
     background: run the loop in a thread of its own; otherwise the caller runs it (`run`). On CPU, torch's
     OpenMP matmuls run several times slower outside the main thread (a second thread team contends with the
     first: 8-row products measured at 170 against 16 us on 2 cores), so `openhcx serve` runs the loop on the
@@ -232,17 +233,37 @@ class Engine:
             self.length = 0
 
     def _admit(self) -> None:
+        """Prefill waiting prompts, group by group, until the rows are full or this pass's token budget is spent.
+
+        Every waiting prompt that fits joins before the next step: a request left waiting through a step is a
+        client whose row stays empty for it (at 8 concurrent clients a quarter of one prompt's life was spent
+        so). The budget bounds how long the running rows wait for the prefills.
+        """
+        budget = self.prefill_tokens
+        while self.waiting and len(self.rows) < self.max_batch:
+            group = self._group(budget)
+            if not group:
+                return
+            budget -= max(len(r.prompt) for r in group) * len(group)
+            self._prefill(group)
+
+    def _group(self, budget: int) -> list[Request]:
+        """Waiting prompts to prefill in one left-padded pass within `budget` padded tokens (the first prompt of
+        a pass goes whatever its length)."""
         group: list[Request] = []
         while self.waiting and len(self.rows) + len(group) < self.max_batch:
             lengths = [len(r.prompt) for r in [*group, self.waiting[0]]]
             padded = max(lengths) * len(lengths)
             # A prompt joins the group while the padded pass stays within budget and wastes at most a quarter of
             # its tokens on padding: prefill is compute-bound, so padding costs what real tokens cost.
-            if group and (padded > self.prefill_tokens or padded > 1.25 * sum(lengths)):
+            if padded > budget and (group or budget < self.prefill_tokens):
+                break
+            if group and padded > 1.25 * sum(lengths):
                 break
             group.append(self.waiting.popleft())
-        if not group:
-            return
+        return group
+
+    def _prefill(self, group: list[Request]) -> None:
         width = max(len(r.prompt) for r in group)
         if width > self.length:  # shift the running rows right so the new prompts end where they end
             self._shift(0, width - self.length, self.length)
@@ -314,7 +335,9 @@ class Engine:
         """Choose each row's next token, send its text, and retire the rows that ended."""
         chosen: dict[int, int] = {}
         greedy = [i for i in rows if self.rows[i].greedy]
-        if greedy:
+        if len(greedy) == len(rows):  # the common case needs no gather (a copy of every row's logits)
+            chosen.update(zip(rows, argmax(logits).tolist()))
+        elif greedy:
             picked = argmax(logits[[i - rows[0] for i in greedy]])
             chosen.update(zip(greedy, picked.tolist()))
         for i in rows:
