@@ -162,3 +162,5 @@ def test_bad_sampling_values_name_the_key():
         Sampling(top_p=0.0)
     with pytest.raises(UserError, match="sampling.temperature"):
         Sampling(temperature=-1)
+    with pytest.raises(UserError, match="sampling.stop_strings"):
+        Sampling(stop_strings=("</s>", ""))

@@ -44,12 +44,12 @@ class Sampling:
         for key, ok in checks.items():
             if not ok:
                 raise UserError(f"sampling.{key}={getattr(self, key)!r} is out of range")
+        if any(not s for s in self.stop_strings):
+            raise UserError("sampling.stop_strings: an empty stop string would stop at once")
 
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
-        if any(not s for s in self.stop_strings):
-            raise UserError("sampling.stop_strings: an empty stop string would stop at once")
 
 
 @dataclass
