@@ -1,14 +1,18 @@
 """Load test of `openhcx serve` on loopback: continuous batching against the same server one request at a time.
 
 Starts `openhcx serve MODEL` as its own process, then sends the same request list twice with the official
-`openai` async client: once from one client, one request after another (the baseline), and once from
+`openai` async client: from one client, one request after another (the baseline), and from each number of
 `--clients` concurrent clients. Requests alternate between chat (the demo's held-out prompts) and plain
-completions (openings of demo corpus documents), half of them streamed; all greedy, so both passes must give
-identical texts, which the script checks. Prints per pass: wall time, requests/s, completion tokens/s, p50/p99
-latency, p50/p99 time to first token (streamed requests), errors; then the throughput ratio.
+completions (openings of demo corpus documents), half of them streamed; all greedy, so every pass must give the
+texts of the first baseline pass, which the script checks. Prints per pass: wall time, requests/s, completion
+tokens/s, p50/p99 latency, p50/p99 time to first token (streamed requests), errors; then the throughput ratio.
 
-    python benchmarks/serve_load.py [--model runs/demo/sft/model] [--requests 500] [--clients 32]
-        [--max-tokens 48] [--max-batch 32]
+`--rounds` repeats the baseline and the concurrent passes back to back, each ratio against its own round's
+baseline, and ends with the median ratio: on a shared machine the speed drifts by more than the effect of a
+change between passes a minute apart.
+
+    python benchmarks/serve_load.py [--model runs/demo/sft/model] [--requests 500] [--clients 8 32]
+        [--max-tokens 48] [--max-batch 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -143,7 +147,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, nargs="+", default=[8, 32], help="concurrent clients, one pass each")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--max-batch", type=int, default=32)
-    ap.add_argument("--json", help="write the two rows here")
+    ap.add_argument("--rounds", type=int, default=3, help="baseline and concurrent passes, back to back")
+    ap.add_argument("--json", help="write every pass's row here")
     args = ap.parse_args()
     if not Path(args.model).is_dir():
         print(f"{args.model}: no checkpoint (run `make demo` first, or pass --model)", file=sys.stderr)
@@ -155,6 +160,7 @@ def main() -> int:
     server = subprocess.Popen([sys.executable, "-m", "openhcx.cli", "serve", args.model, "--port", str(port),
                                "--served_model_name", "bench", "--max_batch", str(args.max_batch),
                                "--max_concurrent", str(max(args.clients) + 8), "--log_level", "warning"])
+    rows, identical, ratios = [], [], {clients: [] for clients in args.clients}
     try:
         for _ in range(600):
             try:
@@ -164,20 +170,30 @@ def main() -> int:
                 time.sleep(0.1)
         reqs = requests(args.requests, args.max_tokens)
         asyncio.run(run(url, "bench", reqs[:8], 8))  # warm-up
-        (alone, alone_wall), *cpu = timed(server, url, run(url, "bench", reqs, 1))
-        rows = [summary("one at a time", alone, alone_wall, cpu)]
-        identical = []
-        for clients in args.clients:
-            (together, wall), *cpu = timed(server, url, run(url, "bench", reqs, clients))
-            rows.append(summary(f"{clients} clients", together, wall, cpu))
-            same = sum(a.get("text") == b.get("text") for a, b in zip(alone, together))
-            identical.append(same)
-            print(f"{'':>12}  throughput {rows[-1]['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x one at a time; "
-                  f"greedy texts identical: {same}/{len(reqs)}", flush=True)
+        reference = None
+        for round_ in range(1, args.rounds + 1):
+            print(f"round {round_} of {args.rounds}", flush=True)
+            (alone, alone_wall), *cpu = timed(server, url, run(url, "bench", reqs, 1))
+            base = summary("one at a time", alone, alone_wall, cpu)
+            rows.append({"round": round_, **base})
+            reference = reference or alone
+            for clients in args.clients:
+                (together, wall), *cpu = timed(server, url, run(url, "bench", reqs, clients))
+                row = summary(f"{clients} clients", together, wall, cpu)
+                rows.append({"round": round_, **row})
+                ratios[clients].append(row["tokens_per_s"] / base["tokens_per_s"])
+                same = sum(a.get("text") == b.get("text") for a, b in zip(reference, together))
+                identical.append(same)
+                print(f"{'':>12}  throughput {ratios[clients][-1]:.2f}x one at a time; "
+                      f"greedy texts identical: {same}/{len(reqs)}", flush=True)
+            identical.append(sum(a.get("text") == b.get("text") for a, b in zip(reference, alone)))
         stats = httpx.get(f"{url}/health").json()
     finally:
         server.terminate()
         server.wait(30)
+    for clients, values in ratios.items():
+        print(f"{clients} clients: {', '.join(f'{r:.2f}x' for r in values)}; median {statistics.median(values):.2f}x "
+              "one at a time")
     print(f"engine: {stats['steps']} steps, {stats['prefills']} prefills, {stats['generated_tokens']} tokens, "
           f"{stats['compactions']} compactions, {stats['errors']} errors")
     if args.json:
