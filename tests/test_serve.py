@@ -20,6 +20,7 @@ from openhcx.chat import load, run_generate
 from openhcx.model.generate import Sampling
 from openhcx.model.generate import generate as library_generate
 from openhcx.serve import open_server
+from openhcx.serve.api import build_app
 from openhcx.serve.engine import Engine
 
 PROMPTS = ["def add(a, b):", "안녕하세요, 반갑습니다.", "The cat sat", "for i in range(10):", "대한민국의 수도는",
@@ -27,20 +28,28 @@ PROMPTS = ["def add(a, b):", "안녕하세요, 반갑습니다.", "The cat sat",
 
 
 @contextmanager
-def serving(model, **options):
-    """`openhcx serve`'s app and engine on uvicorn in a thread, on a free loopback port."""
-    app, engine, name = open_server(str(model), **options)
+def listening(app):
+    """An ASGI app on uvicorn in a thread, on a free loopback port: its URL."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", engine, name
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def serving(model, **options):
+    """`openhcx serve`'s app and engine, listening."""
+    app, engine, name = open_server(str(model), **options)
+    try:
+        with listening(app) as url:
+            yield url, engine, name
+    finally:
         engine.close()
 
 
@@ -209,7 +218,49 @@ def test_streaming_says_what_the_whole_reply_says(server, client):
                                             stream=True))
     plain = client.completions.create(model=name, prompt="The cat sat", max_tokens=20, temperature=0)
     assert "".join(p.choices[0].text for p in pieces) == plain.choices[0].text
-    assert len(pieces) > 3  # it really streamed
+
+
+def test_a_stream_sends_each_piece_of_text_as_it_is_decoded(local):
+    """The engine takes its next step only once the client holds every streamed event sent so far: a server that
+    held text back would stall here, and one that streams sends each event as a chunk of its own. (How many events
+    a free-running server merges into one chunk depends on how busy the machine is, so this test sets the
+    pace.)"""
+    net, codec = local
+    engine = Engine(net, codec.decode, max_batch=4, pad_id=codec.pad_id, background=False)
+    sent, received, stalls = [0], [0], []
+    arrived = threading.Condition()
+    submit = engine.submit
+
+    def counting_submit(prompt, sampling, on_event, stream=True):
+        def counted(event):
+            sent[0] += 1
+            on_event(event)
+        return submit(prompt, sampling, counted if stream else on_event, stream)
+
+    def after():  # end of a pass: wait for the client to hold what the pass sent
+        with arrived:
+            if not arrived.wait_for(lambda: received[0] >= sent[0], timeout=10):
+                stalls.append(sent[0] - received[0])
+
+    engine.submit = counting_submit
+    loop = threading.Thread(target=engine.run, args=(after,), daemon=True)
+    loop.start()
+    try:
+        with listening(build_app(engine, codec, "model")) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+            text = ""
+            for piece in client.completions.create(model="model", prompt="The cat sat", max_tokens=20,
+                                                   temperature=0, stream=True):
+                text += piece.choices[0].text
+                with arrived:
+                    received[0] += 1
+                    arrived.notify()
+            plain = client.completions.create(model="model", prompt="The cat sat", max_tokens=20, temperature=0)
+    finally:
+        engine.close()
+        loop.join(10)
+    assert text == plain.choices[0].text and not stalls
+    assert received[0] == sent[0] > 3  # every event of the stream as a chunk of its own
 
 
 def test_stop_strings_n_and_seeds(server, client):
