@@ -330,6 +330,9 @@ def test_malformed_bodies_and_types(server):
 
 
 def test_limits_auth_body_size_and_concurrency(chat_checkpoint):
+    import os
+    import signal
+
     with serving(chat_checkpoint, api_key="s3cret", max_concurrent=1, max_body_bytes=2000, max_batch=1,
                  max_tokens=400) as (url, engine, name):
         bad = openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0)
@@ -341,13 +344,18 @@ def test_limits_auth_body_size_and_concurrency(chat_checkpoint):
         with pytest.raises(openai.APIStatusError) as caught:
             good.completions.create(model=name, prompt="x" * 3000, max_tokens=3)
         assert caught.value.status_code == 413 and caught.value.response.json()["error"]["code"] == "request_too_large"
-        # One long stream in flight: a second request is refused with 429, and accepted once the first ends.
-        stream = good.completions.create(model=name, prompt="The cat", max_tokens=400, temperature=1.0, seed=1,
-                                         stream=True)
-        next(iter(stream))
-        with pytest.raises(openai.RateLimitError):
-            good.completions.create(model=name, prompt="The cat", max_tokens=3)
-        stream.close()  # the client goes away mid-stream
+        # One stream in flight (the engine stopped, so it cannot end however busy the machine is): a second
+        # request is refused with 429, and accepted once the first ends.
+        os.kill(engine.pid, signal.SIGSTOP)
+        try:
+            stream = good.chat.completions.create(model=name, messages=[{"role": "user", "content": "The cat"}],
+                                                  max_tokens=300, stream=True)
+            assert next(iter(stream)).choices[0].delta.role == "assistant"  # sent before any decoding
+            with pytest.raises(openai.RateLimitError):
+                good.completions.create(model=name, prompt="The cat", max_tokens=3)
+            stream.close()  # the client goes away mid-stream
+        finally:
+            os.kill(engine.pid, signal.SIGCONT)
         assert idle(engine)["running"] == 0
         deadline = time.monotonic() + 5  # the server lets the request go once it sees the connection closed
         while httpx.get(f"{url}/health").json()["requests"] and time.monotonic() < deadline:
