@@ -4,9 +4,11 @@
 continuation, same left truncation, same float32 sum) but faster: a question whose choices are single
 tokens (or that has one choice) is one plain causal pass, with no attention mask; otherwise the context
 runs once and the choices run after it against its key-value cache, at restarted positions and with a
-mask over the choices only, so each sees the context and itself. Rows are length-sorted and batched by a
-token budget; the vocabulary projection runs only at the positions that are scored; no cache is built
-while scoring beyond the shared context's.
+mask over the choices only, so each sees the context and itself. Questions of the causal kind whose
+contexts open with the same tokens (a task's fixed few-shot examples, as in MMLU, where they are 85-90% of
+every prompt) share one pass over that opening: its keys and values are computed once and each question runs
+only the rest against them. Rows are length-sorted and batched by a token budget; the vocabulary projection
+runs only at the positions that are scored; no cache is built while scoring beyond these shared ones.
 Not here: generation (generation.py: local checkpoints and OpenAI-compatible endpoints), prompts, few-shot
 assembly or metrics (harness.py, metrics.py).
 """
@@ -31,6 +33,7 @@ class Request:
 
 
 Scores = list[tuple[float, bool]]  # per continuation: (sum log-prob, greedy decoding reproduces it)
+SHARED_OPENING = 64  # tokens that contexts must share before their opening is run once for all of them
 
 
 class Backend(Protocol):
@@ -121,14 +124,50 @@ class HFBackend:
                 packed.append((i, 0, ctx, conts))
             else:
                 packed.extend((i, k, ctx, [c]) for k, c in enumerate(conts))
-        packed.sort(key=lambda p: (not self._causal(p[3]), -self._width(p)))
+        causal = [p for p in packed if self._causal(p[3])]
+        rest = sorted((p for p in packed if not self._causal(p[3])), key=lambda p: -self._width(p))
         pending: dict[int, list] = {i: [None] * len(r.continuations) for i, r in enumerate(requests)}
-        for batch in self._batches(packed):
-            score = self._score_causal if self._causal(batch[0][3]) else self._score_shared
-            for (i, k, _, _), scores in zip(batch, score(batch)):
-                pending[i][k:k + len(scores)] = scores
-                if None not in pending[i]:
-                    yield i, pending.pop(i)
+        for opening, rows in [*self._openings(causal), (0, rest)]:
+            kv = self._opening_kv(rows[0][2][:opening]) if opening else None
+            for batch in self._batches(rows, opening):
+                scores = self._score_causal(batch, opening, kv) if rows is not rest else self._score_shared(batch)
+                for (i, k, _, _), got in zip(batch, scores):
+                    pending[i][k:k + len(got)] = got
+                    if None not in pending[i]:
+                        yield i, pending.pop(i)
+
+    def _openings(self, rows) -> list[tuple[int, list]]:
+        """Causal rows in groups whose contexts open with the same run of at least SHARED_OPENING tokens, each
+        group with that run's length and longest row first; the rows that share none last, with 0.
+
+        Sorting the contexts puts shared openings next to each other, and along the sorted order a row's common
+        run with the group's first row only shortens; a row joins while the run stays at least half as long as
+        it was (so a stray question that shares only the task's header does not cost its group the shots).
+        A context's last token is never in the run: its output is what scores the first continuation token.
+        """
+        groups, alone, run, length = [], [], [], 0
+        for p in [*sorted(rows, key=lambda p: p[2]), None]:
+            if p is not None and run:
+                first, ctx = run[0][2], p[2]
+                common = next((j for j, (a, b) in enumerate(zip(first, ctx)) if a != b), min(len(first), len(ctx)))
+                shared = min(common, len(first) - 1, len(ctx) - 1)
+                if shared >= SHARED_OPENING and (len(run) == 1 or 2 * shared >= length):
+                    run, length = run + [p], shared
+                    continue
+            if len(run) > 1:
+                groups.append((length, sorted(run, key=lambda p: -self._width(p))))
+            else:
+                alone += run
+            run, length = [p], 0
+        return [*groups, (0, sorted(alone, key=lambda p: -self._width(p)))]
+
+    def _opening_kv(self, ids: list[int]) -> list[tuple]:
+        """Per layer, the (keys, values) of one pass over a shared opening."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.get_decoder()(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
+        return [(layer.keys, layer.values) for layer in out.cache.layers]
 
     @staticmethod
     def _causal(conts: list[list[int]]) -> bool:
@@ -141,10 +180,11 @@ class HFBackend:
         ctx, conts = packed[2], packed[3]
         return len(ctx) + (len(conts[0]) - 1 if cls._causal(conts) else sum(len(c) - 1 for c in conts))
 
-    def _batches(self, packed):
+    def _batches(self, packed, opening: int = 0):
+        """Consecutive rows in batches of at most `batch_tokens` padded tokens, past a shared opening."""
         batch, width = [], 0
         for p in packed:
-            n = self._width(p)
+            n = self._width(p) - opening
             width = max(width, n)
             kind_changes = batch and self._causal(p[3]) != self._causal(batch[0][3])
             if batch and (width * (len(batch) + 1) > self.batch_tokens or kind_changes):
@@ -154,25 +194,31 @@ class HFBackend:
         if batch:
             yield batch
 
-    def _score_causal(self, batch) -> list[Scores]:
-        """One plain causal pass per row over the context and a lone continuation less its last token.
+    def _score_causal(self, batch, opening: int = 0, kv: list[tuple] | None = None) -> list[Scores]:
+        """One plain causal pass per row over the context and a lone continuation less its last token; with
+        `kv`, over what follows the shared opening only, against its keys and values.
 
         Right padding needs no mask (a real position never attends to the pads after it), so attention
         takes SDPA's causal kernel and no T x T mask is built. Single-token continuations are all read at
         the context's last position, as lm-eval reads them.
         """
         import torch
+        from transformers import DynamicCache
 
-        seqs = [ctx + conts[0][:-1] for _, _, ctx, conts in batch]
+        seqs = [(ctx + conts[0][:-1])[opening:] for _, _, ctx, conts in batch]
         ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
         rows, cols, targets = [], [], []
         for b, (seq, (_, _, ctx, conts)) in enumerate(zip(seqs, batch)):
             ids[b, :len(seq)] = torch.tensor(seq)
             for cont in conts:
                 rows += [b] * len(cont)
-                cols += range(len(ctx) - 1, len(ctx) - 1 + len(cont))
+                cols += range(len(ctx) - 1 - opening, len(ctx) - 1 - opening + len(cont))
                 targets += cont
-        return self._read(batch, dict(input_ids=ids), rows, cols, targets)
+        kwargs = dict(input_ids=ids)
+        if kv is not None:  # every row sees the same opening: the one copy, broadcast over the batch
+            kwargs["cache"] = DynamicCache([(k.expand(len(batch), -1, -1, -1), v.expand(len(batch), -1, -1, -1))
+                                            for k, v in kv])
+        return self._read(batch, kwargs, rows, cols, targets)
 
     def _score_shared(self, batch) -> list[Scores]:
         """The choices of one context scored behind a single copy of it, in two passes.

@@ -4,10 +4,12 @@ lm-eval runs it, on a tiny random checkpoint."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-from openhcx.eval.backends import HFBackend, Request, load_hf
+from openhcx.eval.backends import SHARED_OPENING, HFBackend, Request, load_hf
 
 CTX = "전쟁이 시작되었다. 병사들이 전투에 파견되었다. 질문: 그래서 왜냐하면 답변:"
 REQUESTS = [
@@ -94,3 +96,29 @@ def test_causal_rows_pass_no_mask(tiny):
         assert tuple(tail_shape) == (1, tail) and tuple(tail_mask.shape) == (1, 1, tail, len(ctx) - 1 + tail)
     finally:
         hook.remove()
+
+
+def test_questions_that_open_alike_share_one_pass_over_the_opening(tiny):
+    """Causal questions behind the same few-shot block: the block runs once, each question runs only what
+    follows it, and every score equals a full pass; a question that shares only a short header stays apart."""
+    backend = HFBackend(*tiny, "t", batch_tokens=64)
+    shots = "".join(f"질문: {CTX} {i}번\n답변: 예\n\n" for i in range(4))
+    questions = [f"질문: 병사들이 {i}번 파견되었다?\n답변:" for i in range(5)]
+    reqs = [Request(shots + q, (" 예", " 아니오")) for q in questions]
+    reqs += [Request(q + " 문장:", (" A", " B")) for q in questions[:1]]  # shares no opening with the rest
+    opening = len(os.path.commonprefix([backend.encode(r)[0] for r in reqs[:5]]))
+    assert opening >= SHARED_OPENING
+    seen = []
+    hook = backend.model.get_decoder().register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        got = scores(backend, reqs)
+    finally:
+        hook.remove()
+    for req, g in zip(reqs, got):
+        assert [s for s, _ in g] == pytest.approx([s for s, _ in reference(backend, req)], abs=1e-4)
+        assert [h for _, h in g] == [h for _, h in reference(backend, req)]
+    assert seen[0] == (1, opening)  # the opening, once
+    longest = max(len(backend.encode(r)[0]) for r in reqs[:5]) - opening
+    assert sum(b for b, _ in seen[1:]) == len(reqs) and max(t for _, t in seen[1:-1]) == longest
+    assert seen[-1] == (1, len(backend.encode(reqs[5])[0]))  # the lone question: one whole pass
