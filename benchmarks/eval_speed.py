@@ -104,20 +104,23 @@ def main() -> None:
     model, tok = load_hf(args.model)
     configs = [build(bench, work) for _, build, _ in cases]
 
-    t = time.perf_counter()
-    ref = lmeval_ref.run_lmeval(model, tok, configs, limit=args.limit, batch_size=args.batch_size)
-    t_ref = time.perf_counter() - t
+    ref, ours, secs = {}, {}, {}  # secs: task -> (lm-eval, ours), each task timed on its own
+    for (name, _, _), config in zip(cases, configs):
+        t = time.perf_counter()
+        ref.update(lmeval_ref.run_lmeval(model, tok, [config], limit=args.limit, batch_size=args.batch_size))
+        secs[name] = (time.perf_counter() - t,)
 
     backend = HFBackend(model, tok, "bench", batch_tokens=args.batch_tokens)
-    t = time.perf_counter()
-    ours = {name: run_task(backend, our_task(name), shots=k, limit=args.limit,
-                           data_root=work / "korean_long" if name == "mmlu_korean_long" else bench)
-            for name, _, k in cases}
-    t_ours = time.perf_counter() - t
+    for name, _, k in cases:
+        t = time.perf_counter()
+        ours[name] = run_task(backend, our_task(name), shots=k, limit=args.limit,
+                              data_root=work / "korean_long" if name == "mmlu_korean_long" else bench)
+        secs[name] += (time.perf_counter() - t,)
+    t_ref, t_ours = sum(s[0] for s in secs.values()), sum(s[1] for s in secs.values())
 
     items = 0
     print(f"model {args.model}\n{'task':34} {'items':>5} {'prompt tokens':>15} {'acc (both)':>10} {'acc_norm':>9} "
-          f"{'max |dLL|':>10}")
+          f"{'max |dLL|':>10} {'lm-eval s':>9} {'ours s':>7} {'ratio':>6}")
     for name, _, k in cases:
         _, recs = ours[name]
         lengths = sorted(len(tok(s["arguments"][0][0])["input_ids"]) for s in ref[name]["samples"])
@@ -128,7 +131,9 @@ def main() -> None:
         dll = max(abs(a - b) for r, s in zip(recs, ref[name]["samples"]) for a, b in zip(r["lls"], s["lls"]))
         same = acc == ref[name]["acc"] and acc_norm == ref[name]["acc_norm"]
         span = f"{lengths[0]}-{lengths[-1]}"
-        print(f"{name:34} {n:5d} {span:>15} {acc:10.4f} {acc_norm:9.4f} {dll:10.2e}{'' if same else '  MISMATCH'}")
+        ratio = secs[name][0] / secs[name][1]
+        print(f"{name:34} {n:5d} {span:>15} {acc:10.4f} {acc_norm:9.4f} {dll:10.2e} {secs[name][0]:9.1f} "
+              f"{secs[name][1]:7.1f} {ratio:5.2f}x{'' if same else '  MISMATCH'}")
     print(f"lm-eval HF backend (batch {args.batch_size}): {t_ref:7.1f} s  {items / t_ref:6.2f} items/s")
     print(f"openhcx (batch tokens {args.batch_tokens}):   {t_ours:7.1f} s  {items / t_ours:6.2f} items/s")
     print(f"speed-up: {t_ref / t_ours:.2f}x")
