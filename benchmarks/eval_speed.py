@@ -1,8 +1,8 @@
 """Evaluation throughput: lm-evaluation-harness's HF backend and ours, side by side, same model and files.
 
 Both score the same tasks, items, shots and seed on one already-loaded model (loading is not timed),
-then the script checks the scores agree (per-choice log-likelihood difference, acc and acc_norm) and
-prints seconds, items per second and the speed-up. Needs `lm-eval` (a test dependency).
+one task at a time on each side, then the script checks the scores agree (per-choice log-likelihood
+difference, acc and acc_norm) and prints seconds and the speed-up per task and in all. Needs `lm-eval` (a test dependency).
 --cases short: KoBEST (one task per choice count) and 5-shot MMLU geography, prompts of a few hundred tokens.
 --cases long: 5-shot MMLU's longest subjects (European history, law: 2-4k tokens) and Korean prompts of
 4-6k tokens, each a passage of KoCoNovel (../shared/corpora) with "which of these words occurs in it?" and
