@@ -186,8 +186,7 @@ class HFBackend:
         for p in packed:
             n = self._width(p) - opening
             width = max(width, n)
-            kind_changes = batch and self._causal(p[3]) != self._causal(batch[0][3])
-            if batch and (width * (len(batch) + 1) > self.batch_tokens or kind_changes):
+            if batch and width * (len(batch) + 1) > self.batch_tokens:
                 yield batch
                 batch, width = [], n
             batch.append(p)
@@ -198,9 +197,9 @@ class HFBackend:
         """One plain causal pass per row over the context and a lone continuation less its last token; with
         `kv`, over what follows the shared opening only, against its keys and values.
 
-        Right padding needs no mask (a real position never attends to the pads after it), so attention
-        takes SDPA's causal kernel and no T x T mask is built. Single-token continuations are all read at
-        the context's last position, as lm-eval reads them.
+        Right padding needs no mask (a real position never attends to the pads after it), so without `kv`
+        attention takes SDPA's causal kernel and no T x T mask is built. Single-token continuations are all
+        read at the context's last position, as lm-eval reads them.
         """
         import torch
         from transformers import DynamicCache
