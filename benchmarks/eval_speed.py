@@ -2,7 +2,8 @@
 
 Both score the same tasks, items, shots and seed on one already-loaded model (loading is not timed),
 one task at a time on each side, then the script checks the scores agree (per-choice log-likelihood
-difference, acc and acc_norm) and prints seconds and the speed-up per task and in all. Needs `lm-eval` (a test dependency).
+difference, acc and acc_norm) and prints seconds and the speed-up per task and in all. Needs `lm-eval`
+(a test dependency).
 --cases short: KoBEST (one task per choice count) and 5-shot MMLU geography, prompts of a few hundred tokens.
 --cases long: 5-shot MMLU's longest subjects (European history, law: 2-4k tokens) and Korean prompts of
 4-6k tokens, each a passage of KoCoNovel (../shared/corpora) with "which of these words occurs in it?" and
@@ -104,19 +105,19 @@ def main() -> None:
     model, tok = load_hf(args.model)
     configs = [build(bench, work) for _, build, _ in cases]
 
-    ref, ours, secs = {}, {}, {}  # secs: task -> (lm-eval, ours), each task timed on its own
+    ref, ours, s_ref, s_ours = {}, {}, {}, {}  # results and seconds per task, each task timed on its own
     for (name, _, _), config in zip(cases, configs):
         t = time.perf_counter()
         ref.update(lmeval_ref.run_lmeval(model, tok, [config], limit=args.limit, batch_size=args.batch_size))
-        secs[name] = (time.perf_counter() - t,)
+        s_ref[name] = time.perf_counter() - t
 
     backend = HFBackend(model, tok, "bench", batch_tokens=args.batch_tokens)
     for name, _, k in cases:
         t = time.perf_counter()
         ours[name] = run_task(backend, our_task(name), shots=k, limit=args.limit,
                               data_root=work / "korean_long" if name == "mmlu_korean_long" else bench)
-        secs[name] += (time.perf_counter() - t,)
-    t_ref, t_ours = sum(s[0] for s in secs.values()), sum(s[1] for s in secs.values())
+        s_ours[name] = time.perf_counter() - t
+    t_ref, t_ours = sum(s_ref.values()), sum(s_ours.values())
 
     items = 0
     print(f"model {args.model}\n{'task':34} {'items':>5} {'prompt tokens':>15} {'acc (both)':>10} {'acc_norm':>9} "
@@ -131,9 +132,8 @@ def main() -> None:
         dll = max(abs(a - b) for r, s in zip(recs, ref[name]["samples"]) for a, b in zip(r["lls"], s["lls"]))
         same = acc == ref[name]["acc"] and acc_norm == ref[name]["acc_norm"]
         span = f"{lengths[0]}-{lengths[-1]}"
-        ratio = secs[name][0] / secs[name][1]
-        print(f"{name:34} {n:5d} {span:>15} {acc:10.4f} {acc_norm:9.4f} {dll:10.2e} {secs[name][0]:9.1f} "
-              f"{secs[name][1]:7.1f} {ratio:5.2f}x{'' if same else '  MISMATCH'}")
+        print(f"{name:34} {n:5d} {span:>15} {acc:10.4f} {acc_norm:9.4f} {dll:10.2e} {s_ref[name]:9.1f} "
+              f"{s_ours[name]:7.1f} {s_ref[name] / s_ours[name]:5.2f}x{'' if same else '  MISMATCH'}")
     print(f"lm-eval HF backend (batch {args.batch_size}): {t_ref:7.1f} s  {items / t_ref:6.2f} items/s")
     print(f"openhcx (batch tokens {args.batch_tokens}):   {t_ours:7.1f} s  {items / t_ours:6.2f} items/s")
     print(f"speed-up: {t_ref / t_ours:.2f}x")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -149,8 +150,7 @@ class HFBackend:
         for p in [*sorted(rows, key=lambda p: p[2]), None]:
             if p is not None and run:
                 first, ctx = run[0][2], p[2]
-                common = next((j for j, (a, b) in enumerate(zip(first, ctx)) if a != b), min(len(first), len(ctx)))
-                shared = min(common, len(first) - 1, len(ctx) - 1)
+                shared = min(len(os.path.commonprefix([first, ctx])), len(first) - 1, len(ctx) - 1)
                 if shared >= SHARED_OPENING and (len(run) == 1 or 2 * shared >= length):
                     run, length = run + [p], shared
                     continue
