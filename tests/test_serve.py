@@ -145,6 +145,31 @@ def test_waiting_prompts_prefill_together_and_join_the_running_batch(local, pref
     assert stats["running"] == 0 and stats["waiting"] == 0 and stats["cache_offset"] == 0
 
 
+def test_long_prompts_prefill_one_at_a_time(local):
+    """Prompts of PREFILL_ALONE tokens or more get a pass each (causal attention, no padding mask), however much
+    budget is left; their answers still equal `openhcx generate`'s for each prompt alone."""
+    from openhcx.serve.engine import PREFILL_ALONE
+
+    net, codec = local
+    prompts = [codec.encode(" ".join(PROMPTS[i:] + PROMPTS[:i]) * 40)[:PREFILL_ALONE + 10 * i] for i in range(3)]
+    sampling = Sampling(max_new_tokens=6, stop_ids=codec.end_ids)
+    want = [library_generate(net, [p], sampling, decode=codec.decode)[0].text for p in prompts]
+    engine = Engine(net, codec.decode, max_batch=4, prefill_tokens=8192, background=False)
+    texts = {}
+
+    def on_event(i, event):
+        texts[i] = event.text
+        if len(texts) == len(prompts):
+            engine.close()
+
+    for i, p in enumerate(prompts):
+        engine.submit(p, sampling, lambda e, i=i: on_event(i, e), stream=False)
+    passes = []
+    engine.run(after=lambda: passes.append(engine.stats()["running"]))
+    assert [texts[i] for i in range(3)] == want
+    assert engine.stats()["prefills"] == 3 and passes[0] == 3  # three passes, all before the first step
+
+
 def test_requests_still_queued_at_shutdown_are_told_so(local):
     net, codec = local
     engine = Engine(net, codec.decode, max_batch=4, background=False)
