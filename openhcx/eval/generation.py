@@ -1,10 +1,10 @@
 """Generators for generation tasks: a local checkpoint through the KV-cache decoder, or an OpenAI-compatible endpoint.
 
 A `GenRequest` is one prompt (plain text, or a chat as (role, content) pairs) with its decoding settings and
-`n` samples. `LocalGenerator` decodes with openhcx.model.generate: greedy requests of the same settings are
-sorted by prompt length and decoded in left-padded batches under a token budget; sampled requests decode their
-`n` samples together with a seed taken from the request, so a sample never depends on which other prompts
-shared its batch (a resumed run draws the same samples). `OpenAIGenerator` sends requests through the official
+`n` samples. `LocalGenerator` decodes greedy requests of the same settings, longest prompt first, by continuous
+batching in the serving engine (openhcx.serve.engine) under a token budget; sampled requests decode their `n`
+samples together with openhcx.model.generate and a seed taken from the request, so a sample never depends on
+which other prompts were decoded beside it (a resumed run draws the same samples). `OpenAIGenerator` sends requests through the official
 `openai` client, several in flight; a request that fails (server down, timeout, bad reply) comes back as an
 error string for that request instead of stopping the run.
 Not here: prompts, few-shot assembly, caching (harness.py) or scoring (tasks/).
@@ -101,25 +101,36 @@ class LocalGenerator:
         for i in greedy:
             groups.setdefault((requests[i].settings(), encoded[i][1]), []).append(i)
         for ((max_new, stop, _, _), ends), members in groups.items():
-            sampling = Sampling(max_new, 0.0, stop_ids=ends, stop_strings=stop)
-            members.sort(key=lambda i: -len(encoded[i][0]))
-            for batch in self._batches(members, encoded, max_new):
-                done = generate(net, [encoded[i][0] for i in batch], sampling, decode=codec.decode,
-                                pad_id=codec.pad_id)
-                for i, c in zip(batch, done):
-                    yield i, [c.text] * requests[i].n
+            members.sort(key=lambda i: -len(encoded[i][0]))  # longest first: a new prompt never widens the cache
+            for i, result in self._continuous(net, codec, [encoded[i][0] for i in members],
+                                              Sampling(max_new, 0.0, stop_ids=ends, stop_strings=stop)):
+                yield members[i], result * requests[members[i]].n if isinstance(result, list) else result
 
-    def _batches(self, members: list[int], encoded, max_new: int) -> Iterator[list[int]]:
-        """Longest prompt first; a batch's rows times its padded length stays within the token budget."""
-        batch: list[int] = []
-        for i in members:
-            width = len(encoded[batch[0] if batch else i][0]) + max_new
-            if batch and width * (len(batch) + 1) > self.batch_tokens:
-                yield batch
-                batch = []
-            batch.append(i)
-        if batch:
-            yield batch
+    def _continuous(self, net, codec, prompts: list[list[int]], sampling) -> Iterator[tuple[int, Result]]:
+        """Greedy prompts through the serving engine, run on this thread: a row that stops takes the next prompt
+        at once, where a fixed batch would carry it to the longest answer (GSM8K, 16 prompts: 77 s against 129 s).
+        Rows times context stay within the token budget; each answer ([text], or why it failed) comes back as it
+        ends."""
+        from openhcx.serve.engine import Engine
+
+        context = min(net.config.max_seq_len, max(len(p) for p in prompts) + sampling.max_new_tokens)
+        rows = max(1, min(len(prompts), self.batch_tokens // context))
+        engine = Engine(net, codec.decode, max_batch=rows, max_context=context, prefill_tokens=self.batch_tokens,
+                        pad_id=codec.pad_id, background=False)
+        ended: list[tuple[int, Result]] = []
+
+        def on_event(i: int, event) -> None:  # without streaming, the one event is the last: text or why it failed
+            ended.append((i, event.text if event.finish_reason == "error" else [event.text]))
+
+        for i, p in enumerate(prompts):
+            engine.submit(p, sampling, lambda e, i=i: on_event(i, e), stream=False)
+        left = len(prompts)
+        for _ in engine.passes():
+            left -= len(ended)
+            yield from ended
+            ended.clear()
+            if not left:
+                engine.close()
 
 
 class OpenAIGenerator:

@@ -51,6 +51,37 @@ def test_greedy_batches_decode_as_each_prompt_alone(tiny_ckpt):
     assert all(len(r) == 1 and isinstance(r[0], str) for r in alone)
 
 
+def test_a_row_that_stops_hands_its_place_to_the_next_prompt(tiny_ckpt):
+    """Two rows for five prompts, longest first; the second prompt's stop string comes early. Its row takes the
+    third prompt at once, so the five take fewer decoding steps than fixed batches of two (which carry a stopped
+    row to the end of its batch), and every answer is what the prompt gives alone."""
+    from openhcx.model.generate import Sampling, generate
+
+    gen = LocalGenerator(tiny_ckpt)
+    net, codec = gen.load()
+    prompts = ["질문: 전쟁이 시작되었다. 병사들이", "The following are", "안녕하세요", "A B C D", "예"]
+    free = [dict(gen.generate([GenRequest(p, max_new_tokens=16)]))[0][0] for p in prompts]
+    ids = {i: gen.encode(GenRequest(p, max_new_tokens=16))[0] for i, p in enumerate(prompts)}
+    order = sorted(ids, key=lambda i: -len(ids[i]))
+    early = order[1]
+    others = [f for i, f in enumerate(free) if i != early]
+    cut, stop = next((k, free[early][k:k + 2]) for k in range(1, len(free[early]) - 1)
+                     if "\ufffd" not in free[early][k:k + 2] and free[early].find(free[early][k:k + 2]) == k
+                     and not any(free[early][k:k + 2] in f for f in others))
+    reqs = [GenRequest(p, max_new_tokens=16, stop=(stop,)) for p in prompts]
+    steps = []
+    net.forward = lambda x, _f=net.forward, **kw: (steps.append(x.shape[1] == 1), _f(x, **kw))[1]
+    gen.batch_tokens = 2 * (len(ids[order[0]]) + 16)  # two rows
+    results = list(gen.generate(reqs))
+    continuous, steps[:] = sum(steps), []
+    sampling = Sampling(16, stop_ids=codec.end_ids, stop_strings=(stop,))
+    for pair in (order[:2], order[2:4], order[4:]):
+        generate(net, [ids[i] for i in pair], sampling, decode=codec.decode, pad_id=codec.pad_id)
+    got = dict(results)
+    assert got[early] == [free[early][:cut]] and [got[i][0] for i in range(5) if i != early] == others
+    assert results[0][0] == early and continuous < sum(steps)
+
+
 def test_samples_repeat_by_seed_whatever_else_is_decoded(tiny_ckpt):
     gen = LocalGenerator(tiny_ckpt)
     req = GenRequest("안녕하세요", max_new_tokens=10, temperature=1.0, n=4, seed=7)
