@@ -140,6 +140,23 @@ def test_batched_prompts_decode_as_they_would_alone(model):
     assert [c.ids for c in batched] == [c.ids for c in alone]
 
 
+def test_samples_of_one_prompt_prefill_it_once(model, monkeypatch):
+    """n copies of a prompt (a task's n samples): one prefill row, its keys and values copied to the others; every
+    row then decodes as the prompt alone, and sampled rows draw different, repeatable continuations."""
+    shapes = []
+    forward = Transformer.forward
+    monkeypatch.setattr(Transformer, "forward", lambda self, ids, **kw: (shapes.append(tuple(ids.shape)),
+                                                                         forward(self, ids, **kw))[1])
+    prompt = [5, 6, 7, 8, 9, 10, 11]
+    greedy = Sampling(max_new_tokens=8, repetition_penalty=1.3)
+    rows = generate(model, [prompt] * 3, greedy)
+    assert shapes[0] == (1, 7) and shapes[1:] == [(3, 1)] * 7
+    assert [c.ids for c in rows] == [generate(model, [prompt], greedy)[0].ids] * 3
+    sampled = Sampling(max_new_tokens=8, temperature=1.0, seed=3)
+    draws = [c.ids for c in generate(model, [prompt] * 4, sampled)]
+    assert len({tuple(d) for d in draws}) > 1 and draws == [c.ids for c in generate(model, [prompt] * 4, sampled)]
+
+
 def test_completion_never_exceeds_the_context(model):
     out = generate(model, [list(range(1, 41))], Sampling(max_new_tokens=20))[0]
     assert len(out.ids) == 8 and out.finish_reason == "length"

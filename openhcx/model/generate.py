@@ -185,7 +185,10 @@ def generate(
     # Without stops or streaming no row can end early and nothing needs a token on the host before the end.
     watch = bool(sampling.stop_ids or sampling.stop_strings or on_token)
     chosen_steps = []
-    logits = model(ids, attn_mask=mask, cache=cache, last_only=True)[:, -1]
+    if len(prompts) > 1 and all(list(p) == list(prompts[0]) for p in prompts[1:]):
+        logits = _prefill_once(model, ids[:1], cache).expand(len(prompts), -1)  # n samples of one prompt
+    else:
+        logits = model(ids, attn_mask=mask, cache=cache, last_only=True)[:, -1]
     feed_pad = None  # (B,) True where a finished row is fed padding, once any row has finished
     for step in range(budget):
         chosen = next_tokens(logits, seen, sampling, generator)
@@ -209,6 +212,19 @@ def generate(
         for done, row_ids in zip(out, torch.stack(chosen_steps, dim=1).tolist()):
             done.ids = row_ids
     return _finish(out, decode)
+
+
+def _prefill_once(model: Transformer, ids: Tensor, cache: KVCache) -> Tensor:
+    """Run one prompt (1, T) in the cache's first row and copy its keys and values to every other row: the
+    prompt of n samples costs one prefill, not n. Returns the first row's next-token logits (1, V)."""
+    first = cache.rows(1, length=0, padded=False, head=cache.head)
+    logits = model(ids, cache=first, last_only=True)[:, -1]
+    T = ids.shape[1]
+    for t in (*cache.k, *cache.v):
+        t[1:, :, :T] = t[:1, :, :T]
+    cache.real[1:] = cache.real[0]
+    cache.length = T
+    return logits
 
 
 def record_token(done: Completion, row: int, token: int, sampling: Sampling, decode, on_token) -> bool:
