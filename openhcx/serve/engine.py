@@ -14,8 +14,8 @@ time its tokens equal openhcx.model.generate's exactly.
 
 Each request keeps its own sampling settings and random generator (seeded requests repeat whatever else runs)
 and gets its text through `on_event`, called on the engine's thread. Anything that produces token ids and
-consumes events can use it: the HTTP server here, and later PPO rollouts or the harness's generation tasks
-(docs/serve.md says what that takes).
+consumes events can use it: the HTTP server here and the harness's greedy generation (openhcx.eval.generation);
+docs/serve.md says what PPO rollouts would take.
 Not here: paged attention, prefix sharing, chunked prefill, speculative decoding (vLLM and SGLang have them).
 """
 
