@@ -17,12 +17,16 @@ Scores come from sacrebleu's Python API, so they equal `sacrebleu REF -i HYP -m 
   kiwipiepy version: its segmentation may change between releases). The spm tokenisers (`flores200`, spBLEU)
   are not offered: they download their model at run time.
 Scores are fractions (sacrebleu's number / 100), the scale the report's category scores expect.
-No learned metric (COMET, BERTScore) is computed: neither is installed with a local model here.
+A learned metric is added where one is installed: with the `bert-score` package and a local encoder directory
+named by OPENHCX_BERTSCORE_MODEL (and OPENHCX_BERTSCORE_LAYERS, unless bert-score's own table knows the
+directory's name, e.g. `xlm-roberta-large`: layer 17), `bertscore_f1` is BERTScore's F1 as its command line
+reports it. Nothing is downloaded. COMET is not wired in.
 Not here: prompts and task registration (tasks/translation.py) or decoding (generation.py).
 """
 
 from __future__ import annotations
 
+import os
 import tarfile
 from functools import lru_cache
 from pathlib import Path
@@ -139,12 +143,52 @@ def chrf(hypotheses: list[str], references: list[str]) -> float:
 
 def metric_names(lang: str) -> tuple[str, ...]:
     """Every metric a task into `lang` may report, installed or not, chrF first."""
-    return ("chrf",) + tuple(f"bleu_{t.replace('-', '_')}" for t in BLEU_TOKENIZATIONS[lang])
+    return ("chrf",) + tuple(f"bleu_{t.replace('-', '_')}" for t in BLEU_TOKENIZATIONS[lang]) + ("bertscore_f1",)
+
+
+BERTSCORE_MODEL, BERTSCORE_LAYERS = "OPENHCX_BERTSCORE_MODEL", "OPENHCX_BERTSCORE_LAYERS"
+
+
+def bertscore_f1(hypotheses: list[str], references: list[str]) -> float | None:
+    """BERTScore F1 with the encoder OPENHCX_BERTSCORE_MODEL names: the mean of sentence F1s (no idf, no
+    baseline rescaling), what `bert-score -m MODEL -l LAYERS` prints; a pair with an empty side scores 0, as
+    bert-score sets it. None when the variable is unset."""
+    path = os.environ.get(BERTSCORE_MODEL)
+    if not path:
+        return None
+    if not Path(path, "config.json").is_file():
+        raise UserError(f"{BERTSCORE_MODEL}={path}: not a Hugging Face model directory (no config.json)")
+    try:
+        from bert_score.utils import model2layers
+    except ImportError:
+        raise UserError(f"{BERTSCORE_MODEL} is set but bert-score is not installed (pip install bert-score)") from None
+    layers = os.environ.get(BERTSCORE_LAYERS) or model2layers.get(Path(path).name)
+    if layers is None:
+        raise UserError(f"{BERTSCORE_LAYERS}: which layer of {path} to read is unknown; set it (a positive integer)")
+    try:
+        layers = int(layers)
+    except ValueError:
+        raise UserError(f"{BERTSCORE_LAYERS}={layers!r}: expected a positive integer") from None
+    # bert-score sets a pair with an empty side to 0 (and, under transformers 5, fails to encode it): done here
+    pairs = [(h, r) for h, r in zip(hypotheses, references) if h.strip() and r.strip()]
+    total = 0.0
+    if pairs:
+        _, _, f1 = _bertscorer(str(Path(path).resolve()), layers).score(*map(list, zip(*pairs)))
+        total = float(f1.sum())
+    return total / len(hypotheses) if hypotheses else 0.0
+
+
+@lru_cache(maxsize=2)
+def _bertscorer(path: str, layers: int):
+    from bert_score import BERTScorer
+
+    return BERTScorer(model_type=path, num_layers=layers, use_fast_tokenizer=True)
 
 
 def corpus_metrics(records: list[dict]) -> dict[str, float]:
     """The harness's aggregate for translation tasks: per-item records {hypothesis, reference, target_lang}
-    -> corpus chrF and BLEU per tokenisation (BLEU and chrF are not means of sentence scores)."""
+    -> corpus chrF and BLEU per tokenisation (BLEU and chrF are not means of sentence scores), and BERTScore
+    where it is configured."""
     if not records:
         return {}
     langs = {r["target_lang"] for r in records}
@@ -154,4 +198,6 @@ def corpus_metrics(records: list[dict]) -> dict[str, float]:
     out = {"chrf": chrf(hyps, refs)}
     for tok in bleu_tokenizations(langs.pop()):
         out[f"bleu_{tok.replace('-', '_')}"] = bleu(hyps, refs, tok)
+    if (learned := bertscore_f1(hyps, refs)) is not None:
+        out["bertscore_f1"] = learned
     return out

@@ -96,7 +96,7 @@ def test_kiwi_segment_splits_morphemes_and_keeps_every_character(shared_path):
 
 def test_corpus_metrics_are_corpus_level_not_means(shared_path):
     refs = jhe(shared_path, "ko", 40)
-    hyps = perturbed(refs)
+    hyps = [h or refs[0] for h in perturbed(refs)]  # no empty line: bert-score's own encoder fails on one
     records = [{"hypothesis": h, "reference": r, "target_lang": "ko"} for h, r in zip(hyps, refs)]
     got = tr.corpus_metrics(records)
     assert set(got) == {"chrf", "bleu_13a", "bleu_char", "bleu_kiwi"} | (
@@ -209,3 +209,58 @@ def test_harness_scores_a_flores_task_at_corpus_level():
     refs = [it.target for it in items]
     assert result.primary == "chrf" and result.metrics["chrf"] == tr.chrf(hyps, refs) < 1
     assert result.metrics["bleu_kiwi"] == tr.bleu(hyps, refs, "kiwi")
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> Path:
+    """A small random BERT encoder on disk with a character vocabulary: what OPENHCX_BERTSCORE_MODEL names (a
+    real one, such as xlm-roberta-large, is used the same way; none can be downloaded here)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("encoder")
+    chars = sorted({c for lang in ("eng_Latn", "kor_Hang") for c in flores_text(lang) if not c.isspace()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), model_max_length=512, do_lower_case=False,
+                      strip_accents=False).save_pretrained(path)  # lower-casing would split Hangul into jamo
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                         intermediate_size=128)).save_pretrained(path)
+    return path
+
+
+def flores_text(lang: str) -> str:
+    return "".join(p.read_text(encoding="utf-8") for p in sorted(FLORES.rglob(f"*{lang}*")) if p.is_file())
+
+
+def test_bertscore_equals_its_command_line_where_an_encoder_is_configured(encoder, tmp_path, monkeypatch):
+    refs = [line for lang in ("eng_Latn", "kor_Hang") for line in flores_text(lang).splitlines() if line.strip()]
+    hyps = [h or refs[0] for h in perturbed(refs)]  # no empty line: bert-score's own encoder fails on one
+    records = [{"hypothesis": h, "reference": r, "target_lang": "ko"} for h, r in zip(hyps, refs)]
+    assert "bertscore_f1" not in tr.corpus_metrics(records)  # not configured: not reported, never zero
+    monkeypatch.setenv(tr.BERTSCORE_MODEL, str(encoder))
+    monkeypatch.setenv(tr.BERTSCORE_LAYERS, "2")
+    got = tr.corpus_metrics(records)["bertscore_f1"]
+    (tmp_path / "ref.txt").write_text("\n".join(refs) + "\n", encoding="utf-8")
+    (tmp_path / "hyp.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
+    out = subprocess.run([str(Path(sys.executable).with_name("bert-score")), "-r", str(tmp_path / "ref.txt"),
+                          "-c", str(tmp_path / "hyp.txt"), "-m", str(encoder), "-l", "2"],
+                         capture_output=True, text=True, check=True).stdout
+    assert got == pytest.approx(float(out.split("F1:")[1]), abs=1e-6)
+    assert tr.bertscore_f1(refs, refs) == pytest.approx(1.0) and got < 0.999
+    assert tr.bertscore_f1(["", *hyps[1:]], refs) == pytest.approx(got - tr.bertscore_f1(hyps[:1], refs[:1]) /
+                                                                   len(hyps))  # an empty hypothesis counts 0
+    assert "bertscore_f1" in tr.metric_names("ko")
+
+
+@pytest.mark.parametrize("model,layers,message", [
+    ("missing", "2", "OPENHCX_BERTSCORE_MODEL=.*not a Hugging Face model directory"),
+    ("encoder", "two", "OPENHCX_BERTSCORE_LAYERS='two': expected a positive integer"),
+    ("encoder", "", "OPENHCX_BERTSCORE_LAYERS: which layer"),
+])
+def test_a_bad_bertscore_setting_is_named(encoder, tmp_path, monkeypatch, model, layers, message):
+    monkeypatch.setenv(tr.BERTSCORE_MODEL, str(encoder if model == "encoder" else tmp_path / model))
+    monkeypatch.setenv(tr.BERTSCORE_LAYERS, layers)
+    with pytest.raises(UserError, match=message):
+        tr.bertscore_f1(["a"], ["b"])
