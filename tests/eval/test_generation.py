@@ -82,6 +82,30 @@ def test_a_row_that_stops_hands_its_place_to_the_next_prompt(tiny_ckpt):
     assert results[0][0] == early and continuous < sum(steps)
 
 
+def test_a_decoding_step_that_fails_fails_its_rows_requests_only(tiny_ckpt):
+    """A step that raises (here the third forward pass) ends the requests in its rows with the reason, as an
+    endpoint's failure would be recorded; prompts still waiting decode as they would alone."""
+    gen = LocalGenerator(tiny_ckpt)
+    net, _ = gen.load()
+    prompts = ["질문: 전쟁이 시작되었다. 병사들이", "The following are", "안녕하세요"]
+    alone = [dict(gen.generate([GenRequest(p, max_new_tokens=6)]))[0] for p in prompts]
+    calls = []
+
+    def failing(x, _f=net.forward, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")
+        return _f(x, **kw)
+
+    net.forward = failing
+    width = {i: len(gen.encode(GenRequest(p, max_new_tokens=6))[0]) for i, p in enumerate(prompts)}
+    first = max(width, key=width.get)  # admitted first, alone in the one row
+    gen.batch_tokens = width[first] + 6
+    got = dict(gen.generate([GenRequest(p, max_new_tokens=6) for p in prompts]))
+    assert got[first] == "decoding failed: RuntimeError: out of memory"
+    assert [got[i] for i in range(3) if i != first] == [a for i, a in enumerate(alone) if i != first]
+
+
 def test_samples_repeat_by_seed_whatever_else_is_decoded(tiny_ckpt):
     gen = LocalGenerator(tiny_ckpt)
     req = GenRequest("안녕하세요", max_new_tokens=10, temperature=1.0, n=4, seed=7)
