@@ -4,9 +4,9 @@ A `GenRequest` is one prompt (plain text, or a chat as (role, content) pairs) wi
 `n` samples. `LocalGenerator` decodes greedy requests of the same settings, longest prompt first, by continuous
 batching in the serving engine (openhcx.serve.engine) under a token budget; sampled requests decode their `n`
 samples together with openhcx.model.generate and a seed taken from the request, so a sample never depends on
-which other prompts were decoded beside it (a resumed run draws the same samples). `OpenAIGenerator` sends requests through the official
-`openai` client, several in flight; a request that fails (server down, timeout, bad reply) comes back as an
-error string for that request instead of stopping the run.
+which other prompts were decoded beside it (a resumed run draws the same samples). `OpenAIGenerator` sends
+requests through the official `openai` client, several in flight. A request that fails (server down, timeout,
+bad reply, a failed prefill or step) comes back as an error string for that request instead of stopping the run.
 Not here: prompts, few-shot assembly, caching (harness.py) or scoring (tasks/).
 """
 

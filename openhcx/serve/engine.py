@@ -297,9 +297,17 @@ class Engine:
         # Prefill into a cache of their own, as generate() would, then copy into place: attention then spans the
         # prompts only, not the running rows' history before them (50 tokens after a 300-token offset: 4.2 ms
         # against 2.8 ms), and the prompts' numerics are generate()'s.
-        fresh = KVCache(self.model.config, k, width, self.device, c.k[0].dtype)
-        fresh.head = self._head(k)
-        logits = self.model(ids.to(self.device), attn_mask=mask.to(self.device), cache=fresh, last_only=True)[:, -1]
+        try:
+            fresh = KVCache(self.model.config, k, width, self.device, c.k[0].dtype)
+            fresh.head = self._head(k)
+            logits = self.model(ids.to(self.device), attn_mask=mask.to(self.device), cache=fresh,
+                                last_only=True)[:, -1]
+        except Exception as e:  # out of memory, say: these prompts fail; the running rows are untouched
+            log.exception("prefill failed")
+            self.counters["errors"] += 1
+            for r in group:
+                r.on_event(Event(f"prefill failed: {type(e).__name__}: {e}", 0, "error"))
+            return
         for big, small in zip((*c.k, *c.v), (*fresh.k, *fresh.v)):
             big[n:n + k, :, start:self.length] = small
         c.valid[n:n + k, :start] = False

@@ -82,9 +82,10 @@ def test_a_row_that_stops_hands_its_place_to_the_next_prompt(tiny_ckpt):
     assert results[0][0] == early and continuous < sum(steps)
 
 
-def test_a_decoding_step_that_fails_fails_its_rows_requests_only(tiny_ckpt):
-    """A step that raises (here the third forward pass) ends the requests in its rows with the reason, as an
-    endpoint's failure would be recorded; prompts still waiting decode as they would alone."""
+@pytest.mark.parametrize("call,reason", [(1, "prefill failed"), (3, "decoding failed")])
+def test_a_decoding_step_that_fails_fails_its_rows_requests_only(tiny_ckpt, call, reason):
+    """A prefill or a step that raises (the first or third forward pass) ends the requests in its rows with the
+    reason, as an endpoint's failure would be recorded; prompts still waiting decode as they would alone."""
     gen = LocalGenerator(tiny_ckpt)
     net, _ = gen.load()
     prompts = ["질문: 전쟁이 시작되었다. 병사들이", "The following are", "안녕하세요"]
@@ -93,7 +94,7 @@ def test_a_decoding_step_that_fails_fails_its_rows_requests_only(tiny_ckpt):
 
     def failing(x, _f=net.forward, **kw):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == call:
             raise RuntimeError("out of memory")
         return _f(x, **kw)
 
@@ -102,7 +103,7 @@ def test_a_decoding_step_that_fails_fails_its_rows_requests_only(tiny_ckpt):
     first = max(width, key=width.get)  # admitted first, alone in the one row
     gen.batch_tokens = width[first] + 6
     got = dict(gen.generate([GenRequest(p, max_new_tokens=6) for p in prompts]))
-    assert got[first] == "decoding failed: RuntimeError: out of memory"
+    assert got[first] == f"{reason}: RuntimeError: out of memory"
     assert [got[i] for i in range(3) if i != first] == [a for i, a in enumerate(alone) if i != first]
 
 
