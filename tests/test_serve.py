@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -355,9 +357,6 @@ def test_malformed_bodies_and_types(server):
 
 
 def test_limits_auth_body_size_and_concurrency(chat_checkpoint):
-    import os
-    import signal
-
     with serving(chat_checkpoint, api_key="s3cret", max_concurrent=1, max_body_bytes=2000, max_batch=1,
                  max_tokens=400) as (url, engine, name):
         bad = openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0)
@@ -500,9 +499,6 @@ def alive(pid: int) -> bool:
 def test_an_engine_process_that_dies_fails_open_requests_and_stops_the_server(chat_checkpoint):
     """The engine decodes in a process of its own: if it dies, a stream in progress ends with an error event
     naming it, and the server exits 1 saying why rather than accepting requests it can never answer."""
-    import os
-    import signal
-
     with cli_server(chat_checkpoint) as (url, server):
         engine = httpx.get(f"{url}/health").json()["engine_pid"]
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -530,9 +526,6 @@ def test_an_engine_process_that_dies_fails_open_requests_and_stops_the_server(ch
         assert isinstance(whole[0], openai.InternalServerError) and "engine process stopped" in str(whole[0])
         assert server.wait(30) == 1
 def test_a_killed_server_takes_its_engine_process_along(chat_checkpoint):
-    import os
-    import signal
-
     with cli_server(chat_checkpoint) as (url, server):
         engine = httpx.get(f"{url}/health").json()["engine_pid"]
         os.kill(server.pid, signal.SIGKILL)

@@ -125,13 +125,16 @@ class HFBackend:
                 packed.append((i, 0, ctx, conts))
             else:
                 packed.extend((i, k, ctx, [c]) for k, c in enumerate(conts))
-        causal = [p for p in packed if self._causal(p[3])]
-        rest = sorted((p for p in packed if not self._causal(p[3])), key=lambda p: -self._width(p))
+        causal, rest = [], []
+        for p in packed:
+            (causal if self._causal(p[3]) else rest).append(p)
+        rest.sort(key=lambda p: -self._width(p))
+        plan = [(opening, rows, True) for opening, rows in self._openings(causal)] + [(0, rest, False)]
         pending: dict[int, list] = {i: [None] * len(r.continuations) for i, r in enumerate(requests)}
-        for opening, rows in [*self._openings(causal), (0, rest)]:
+        for opening, rows, plain in plan:
             kv = self._opening_kv(rows[0][2][:opening]) if opening else None
             for batch in self._batches(rows, opening):
-                scores = self._score_causal(batch, opening, kv) if rows is not rest else self._score_shared(batch)
+                scores = self._score_causal(batch, opening, kv) if plain else self._score_shared(batch)
                 for (i, k, _, _), got in zip(batch, scores):
                     pending[i][k:k + len(got)] = got
                     if None not in pending[i]:

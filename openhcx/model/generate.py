@@ -185,7 +185,8 @@ def generate(
     # Without stops or streaming no row can end early and nothing needs a token on the host before the end.
     watch = bool(sampling.stop_ids or sampling.stop_strings or on_token)
     chosen_steps = []
-    if len(prompts) > 1 and all(list(p) == list(prompts[0]) for p in prompts[1:]):
+    first = list(prompts[0])
+    if len(prompts) > 1 and all(list(p) == first for p in prompts[1:]):
         logits = _prefill_once(model, ids[:1], cache).expand(len(prompts), -1)  # n samples of one prompt
     else:
         logits = model(ids, attn_mask=mask, cache=cache, last_only=True)[:, -1]
